@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""Installs instseg, the five method packages, and the C++/CUDA extension ``instseg._C``.
+
+The extension is built from ``csrc/``: every ``*.cpp`` always, every ``*.cu`` when the CUDA toolkit is
+found and torch is a CUDA build (or ``FORCE_CUDA=1``). ``INSTSEG_NO_EXT=1`` skips the extension
+entirely; the ops then fall back to their pure-PyTorch references (CPU only).
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+METHOD_PACKAGES = ["maskpoint", "maskplus", "dsg", "rdsnet", "casnet"]
+
+
+def _cuda_home_default():
+    # The `nvcc` on PATH may be a wrapper outside the toolkit, which makes torch guess CUDA_HOME wrong
+    # (and fail to link -lcudart). Point it at the toolkit's standard root when the user did not.
+    if not os.environ.get("CUDA_HOME") and not os.environ.get("CUDA_PATH"):
+        if os.path.isfile("/usr/local/cuda/bin/nvcc") or os.path.isdir("/usr/local/cuda/lib64"):
+            os.environ["CUDA_HOME"] = "/usr/local/cuda"
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0+PTX")
+
+
+def get_extensions():
+    if os.environ.get("INSTSEG_NO_EXT", "0") == "1":
+        return []
+    csrc = os.path.join(HERE, "csrc")
+    sources = sorted(glob.glob(os.path.join(csrc, "*.cpp")) + glob.glob(os.path.join(csrc, "*", "*.cpp")))
+    if not sources:
+        return []
+    _cuda_home_default()
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
+
+    cuda_sources = sorted(glob.glob(os.path.join(csrc, "*", "*.cu")))
+    with_cuda = os.environ.get("FORCE_CUDA", "0") == "1" or (
+        CUDA_HOME is not None and torch.version.cuda is not None
+    )
+    extra = {"cxx": ["-O3"]}
+    define_macros = []
+    ext_cls = CppExtension
+    if with_cuda and cuda_sources:
+        ext_cls = CUDAExtension
+        sources = sources + cuda_sources
+        define_macros.append(("WITH_CUDA", None))
+        extra["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-DCUDA_HAS_FP16=1"]
+    rel = [os.path.relpath(s, HERE) for s in sources]
+    return [
+        ext_cls(
+            "instseg._C",
+            rel,
+            include_dirs=[csrc],
+            define_macros=define_macros,
+            extra_compile_args=extra,
+        )
+    ]
+
+
+def get_cmdclass():
+    try:
+        from torch.utils.cpp_extension import BuildExtension
+    except ImportError:  # metadata-only invocations (no torch yet)
+        return {}
+    return {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+setup(
+    name="instseg",
+    version="0.1.0",
+    description="Five instance-segmentation methods as detectron2 extensions: "
+    "Mask Point R-CNN, MaskPlus, DSG, RDSNet and CASNet",
+    packages=find_packages(include=["instseg", "instseg.*"] + [f"{p}*" for p in METHOD_PACKAGES]),
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=2.0",
+        # torchvision >= 0.29: the CPU-only torch wheel on these machines has no matching torchvision;
+        # requiring a newer one makes pip take the registry's torch, whose ops load.
+        "torchvision>=0.29",
+        "fvcore",
+        "iopath",
+        "pycocotools>=2.0.2",
+        "opencv-python-headless",
+        "cityscapesscripts",
+        "numpy",
+        "Pillow",
+        # detectron2 is not on the package registry: install it from its official source, e.g.
+        #   pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'
+        # (the Makefile does this, or uses $DETECTRON2_SRC).
+    ],
+    extras_require={"test": ["pytest"]},
+    ext_modules=get_extensions(),
+    cmdclass=get_cmdclass(),
+)
