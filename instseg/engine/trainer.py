@@ -1,0 +1,49 @@
+"""The Trainer every method trains with: detectron2's DefaultTrainer plus evaluator selection and
+multi-process training on CPU-only machines."""
+import contextlib
+import logging
+
+import detectron2.engine.defaults as d2_defaults
+from detectron2.engine import DefaultTrainer
+from detectron2.utils import comm
+
+from .evaluators import build_evaluator
+
+logger = logging.getLogger(__name__)
+
+
+def create_ddp_model(model, **kwargs):
+    """detectron2's ``create_ddp_model``, but CPU modules get ``device_ids=None``.
+
+    DistributedDataParallel refuses ``device_ids`` for CPU modules, which detectron2 always passes;
+    ``launch`` already picks the gloo backend without a GPU, so this is all ``--num-gpus N`` needs on a CPU.
+    """
+    if comm.get_world_size() > 1 and "device_ids" not in kwargs:
+        if next(model.parameters()).device.type == "cpu":
+            kwargs["device_ids"] = None
+    return _D2_CREATE_DDP_MODEL(model, **kwargs)
+
+
+_D2_CREATE_DDP_MODEL = d2_defaults.create_ddp_model
+
+
+@contextlib.contextmanager
+def _cpu_aware_ddp():
+    # DefaultTrainer.__init__ looks create_ddp_model up in its module; swap in ours while it runs.
+    d2_defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = _D2_CREATE_DDP_MODEL
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with evaluators chosen by ``evaluator_type`` and CPU-capable DDP."""
+
+    def __init__(self, cfg):
+        with _cpu_aware_ddp():
+            super().__init__(cfg)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
