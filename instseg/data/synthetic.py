@@ -25,7 +25,7 @@ THING_CLASSES = ["disc", "star", "bar", "ring", "rect"]
 STUFF_CLASSES = ["sky", "wall", "ground"]
 
 # Version of the generator: part of the cache key, bump it whenever the output of `render_scene` changes.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +39,8 @@ class SyntheticSpec:
     max_instances: int = 8
     # Probability that an image has no instance at all.
     empty_prob: float = 0.06
-    # Probability that an instance is small (radius 4–10 px at 256 px).
-    small_prob: float = 0.25
+    # Probability that an instance is small (radius 6–12 px at 256 px: COCO 'small', area < 32²).
+    small_prob: float = 0.2
     # Probability that an instance is placed next to an earlier one (huddled / occluding).
     huddle_prob: float = 0.6
     # Instances whose visible part is smaller than this many pixels are dropped (fully occluded).
@@ -174,7 +174,7 @@ def _shape_mask(rng: np.random.Generator, cls: int, cx: float, cy: float, r: flo
         return _draw(h, w, lambda c: cv2.fillPoly(c, [_pts(pts)], 1, cv2.LINE_8, SHIFT))
     if cls == 2:  # bar: thin, long rotated rectangle
         length = 2.0 * r * rng.uniform(1.2, 1.8)
-        thick = rng.uniform(2.5, 5.0)
+        thick = rng.uniform(3.5, 6.5) * max(1.0, r / 30.0)
         return _rotated_rect(cx, cy, length, thick, theta, h, w)
     if cls == 3:  # ring: ellipse with a hole
         ratio = rng.uniform(0.8, 1.0)
@@ -253,7 +253,7 @@ def render_scene(spec: SyntheticSpec, index: int) -> SyntheticScene:
     for _ in range(n):
         cls = int(rng.integers(0, len(THING_CLASSES)))
         small = rng.random() < spec.small_prob
-        r = (rng.uniform(4, 10) if small else rng.uniform(14, 42)) * scale
+        r = (rng.uniform(6, 12) if small else rng.uniform(14, 42)) * scale
         if cls == 2:  # bars are thin, make them long enough to be seen
             r = max(r, 8 * scale)
         if centers and rng.random() < spec.huddle_prob:

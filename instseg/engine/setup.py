@@ -35,13 +35,15 @@ def merge_config(cfg, config_file=None, opts=()):
         except KeyError as e:
             raise UserError(_bad_key_message(e, "the command line")) from None
         except (ValueError, AssertionError) as e:
+            if "Non-existent key" in str(e):  # yacs' merge_from_list asserts instead of raising KeyError
+                raise UserError(_bad_key_message(e, "the command line")) from None
             raise UserError(f"Bad command-line override: {e}") from None
     return cfg
 
 
 def _bad_key_message(err, where):
     msg = str(err.args[0]) if err.args else str(err)
-    key = msg.split(":", 1)[-1].strip() if "Non-existent config key" in msg else msg
+    key = msg.split(":", 1)[-1].strip() if "Non-existent" in msg else msg
     return (
         f"Unknown config key '{key}' in {where}. Check its spelling against detectron2's defaults "
         "and the method's config.py (MODEL.<METHOD>.* keys); every key must exist before it is set."
