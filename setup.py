@@ -81,9 +81,10 @@ setup(
         "fvcore",
         "iopath",
         "pycocotools>=2.0.2",
-        "opencv-python-headless",
+        "opencv-python-headless<4.11",  # >= 4.11 needs numpy 2
         "cityscapesscripts",
-        "numpy",
+        "numpy<2",  # cityscapesscripts (<= 2.3) breaks on numpy 2 (np.in1d; json of numpy ints)
+        "shapely",  # detectron2's Cityscapes json loader
         "Pillow",
         # detectron2 is not on the package registry: install it from its official source, e.g.
         #   pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'

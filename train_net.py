@@ -44,6 +44,8 @@ def run(argv=None):
     args = default_argument_parser().parse_args(argv)
     try:
         build_cfg(args)  # config and dataset mistakes surface here, once, before any worker starts
+        if args.num_gpus * args.num_machines == 1:
+            return main(args)  # what launch() does for one process, but keeping the results
         return launch(
             main,
             args.num_gpus,

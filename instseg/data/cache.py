@@ -11,7 +11,10 @@ Layout of one split (``<root>/synthetic/<split>_<key>/``)::
 A split is written to a temporary folder and renamed into place, so concurrent processes (e.g. the
 workers of ``--num-gpus 2``) never see a half-written split.
 """
+import dataclasses
+import functools
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -59,78 +62,86 @@ def panoptic_categories() -> List[dict]:
     return cats
 
 
-def _write_split(path: str, spec: SyntheticSpec) -> None:
-    for sub in ("images", "panoptic", "sem_seg"):
-        os.makedirs(os.path.join(path, sub), exist_ok=True)
-    dicts, pan_images, pan_annos = [], [], []
-    for idx in range(spec.num_images):
-        scene = render_scene(spec, idx)
-        stem = f"{idx:06d}"
-        img_name = os.path.join("images", stem + ".png")
-        cv2.imwrite(os.path.join(path, img_name), scene.image)
+def _write_one(path: str, spec: SyntheticSpec, idx: int):
+    """Render image ``idx`` and write its files; return its (dataset dict, panoptic image, panoptic annotation)."""
+    scene = render_scene(spec, idx)
+    stem = f"{idx:06d}"
+    img_name = os.path.join("images", stem + ".png")
+    cv2.imwrite(os.path.join(path, img_name), scene.image)
 
-        annos = []
-        pan = np.zeros((spec.height, spec.width), dtype=np.int64)
-        sem = np.full((spec.height, spec.width), IGNORE_LABEL, dtype=np.uint8)
-        segments = []
-        # stuff segments first (they are overwritten by things where things are visible)
-        thing_union = np.zeros((spec.height, spec.width), dtype=bool)
-        for inst in scene.instances:
-            thing_union |= inst.mask
-        for k, sid in enumerate(STUFF_IDS):
-            m = (scene.stuff == k) & ~thing_union
-            if m.sum() == 0:
-                continue
-            seg_id = 1000 + k  # distinct from thing ids below
-            pan[m] = seg_id
-            sem[m] = len(THING_CLASSES) + k
-            segments.append(
-                {"id": seg_id, "category_id": sid, "iscrowd": 0, "area": int(m.sum()), "bbox": _xywh(m)}
-            )
-        for j, inst in enumerate(scene.instances):
-            x1, y1, x2, y2 = inst.bbox_xyxy
-            annos.append(
-                {
-                    "bbox": [x1, y1, x2, y2],
-                    "bbox_mode": 0,  # BoxMode.XYXY_ABS
-                    "category_id": inst.category_id,
-                    "segmentation": encode_rle(inst.mask),
-                    "iscrowd": 0,
-                    "area": inst.area,
-                }
-            )
-            seg_id = j + 1
-            pan[inst.mask] = seg_id
-            sem[inst.mask] = inst.category_id
-            segments.append(
-                {
-                    "id": seg_id,
-                    "category_id": THING_IDS[inst.category_id],
-                    "iscrowd": 0,
-                    "area": inst.area,
-                    "bbox": _xywh(inst.mask),
-                }
-            )
-        pan_name = os.path.join("panoptic", stem + ".png")
-        sem_name = os.path.join("sem_seg", stem + ".png")
-        cv2.imwrite(os.path.join(path, pan_name), id2rgb(pan)[..., ::-1])  # cv2 writes BGR
-        cv2.imwrite(os.path.join(path, sem_name), sem)
-        dicts.append(
+    annos = []
+    pan = np.zeros((spec.height, spec.width), dtype=np.int64)
+    sem = np.full((spec.height, spec.width), IGNORE_LABEL, dtype=np.uint8)
+    segments = []
+    # stuff segments: the stuff region minus the visible things
+    thing_union = np.zeros((spec.height, spec.width), dtype=bool)
+    for inst in scene.instances:
+        thing_union |= inst.mask
+    for k, sid in enumerate(STUFF_IDS):
+        m = (scene.stuff == k) & ~thing_union
+        if m.sum() == 0:
+            continue
+        seg_id = 1000 + k  # distinct from the thing ids below
+        pan[m] = seg_id
+        sem[m] = len(THING_CLASSES) + k
+        segments.append({"id": seg_id, "category_id": sid, "iscrowd": 0, "area": int(m.sum()), "bbox": _xywh(m)})
+    for j, inst in enumerate(scene.instances):
+        x1, y1, x2, y2 = inst.bbox_xyxy
+        annos.append(
             {
-                "file_name": img_name,
-                "image_id": idx,
-                "height": spec.height,
-                "width": spec.width,
-                "annotations": annos,
-                "sem_seg_file_name": sem_name,
+                "bbox": [x1, y1, x2, y2],
+                "bbox_mode": 0,  # BoxMode.XYXY_ABS
+                "category_id": inst.category_id,
+                "segmentation": encode_rle(inst.mask),
+                "iscrowd": 0,
+                "area": inst.area,
             }
         )
-        pan_images.append({"id": idx, "file_name": os.path.basename(img_name), "height": spec.height,
-                           "width": spec.width})
-        pan_annos.append({"image_id": idx, "file_name": os.path.basename(pan_name), "segments_info": segments})
+        seg_id = j + 1
+        pan[inst.mask] = seg_id
+        sem[inst.mask] = inst.category_id
+        segments.append(
+            {
+                "id": seg_id,
+                "category_id": THING_IDS[inst.category_id],
+                "iscrowd": 0,
+                "area": inst.area,
+                "bbox": _xywh(inst.mask),
+            }
+        )
+    pan_name = os.path.join("panoptic", stem + ".png")
+    sem_name = os.path.join("sem_seg", stem + ".png")
+    cv2.imwrite(os.path.join(path, pan_name), id2rgb(pan)[..., ::-1])  # cv2 writes BGR
+    cv2.imwrite(os.path.join(path, sem_name), sem)
+    record = {
+        "file_name": img_name,
+        "image_id": idx,
+        "height": spec.height,
+        "width": spec.width,
+        "annotations": annos,
+        "sem_seg_file_name": sem_name,
+    }
+    pan_image = {"id": idx, "file_name": os.path.basename(img_name), "height": spec.height, "width": spec.width}
+    pan_anno = {"image_id": idx, "file_name": os.path.basename(pan_name), "segments_info": segments}
+    return record, pan_image, pan_anno
 
+
+def _write_split(path: str, spec: SyntheticSpec, workers: Optional[int] = None) -> None:
+    for sub in ("images", "panoptic", "sem_seg"):
+        os.makedirs(os.path.join(path, sub), exist_ok=True)
+    workers = workers or min(os.cpu_count() or 1, 8)
+    job = functools.partial(_write_one, path, spec)
+    if workers > 1 and spec.num_images >= 64:
+        # every image is a pure function of (spec, index): workers cannot change the result
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            results = pool.map(job, range(spec.num_images), chunksize=16)
+    else:
+        results = [job(i) for i in range(spec.num_images)]
+    dicts = [r[0] for r in results]
+    pan_images = [r[1] for r in results]
+    pan_annos = [r[2] for r in results]
     with open(os.path.join(path, "instances.json"), "w") as f:
-        json.dump({"spec": spec.__dict__, "dataset_dicts": dicts}, f)
+        json.dump({"spec": dataclasses.asdict(spec), "dataset_dicts": dicts}, f)
     with open(os.path.join(path, "panoptic.json"), "w") as f:
         json.dump({"images": pan_images, "annotations": pan_annos, "categories": panoptic_categories()}, f)
 

@@ -44,6 +44,13 @@ class Trainer(DefaultTrainer):
         with _cpu_aware_ddp():
             super().__init__(cfg)
 
+    def train(self):
+        """Train; return the last evaluation's results (detectron2 returns them only with EXPECTED_RESULTS)."""
+        results = super().train()
+        if results is None:
+            results = getattr(self, "_last_eval_results", None)
+        return results
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
