@@ -30,9 +30,16 @@ def method_config_functions():
     return fns
 
 
+def add_instseg_config(cfg) -> None:
+    """Keys instseg adds outside the method nodes."""
+    # "SGD" (detectron2's optimizer) or "AdamW" (same parameter groups, lr and weight decay)
+    cfg.SOLVER.OPTIMIZER = "SGD"
+
+
 def get_cfg():
     """detectron2's default config extended with every key instseg knows."""
     cfg = _d2_get_cfg()
+    add_instseg_config(cfg)
     add_synthetic_config(cfg)
     for fn in method_config_functions():
         fn(cfg)

@@ -3,7 +3,6 @@ import os
 
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import (
-    CityscapesInstanceEvaluator,
     CityscapesSemSegEvaluator,
     COCOEvaluator,
     COCOPanopticEvaluator,
@@ -12,6 +11,7 @@ from detectron2.evaluation import (
 )
 
 from instseg.compat import ensure_cityscapesscripts_alias
+from instseg.evaluation.cityscapes import CityscapesInstanceEvaluator
 
 from .errors import UserError
 

@@ -4,7 +4,9 @@ import contextlib
 import logging
 
 import detectron2.engine.defaults as d2_defaults
+import torch
 from detectron2.engine import DefaultTrainer
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 
 from .evaluators import build_evaluator
@@ -50,6 +52,25 @@ class Trainer(DefaultTrainer):
         if results is None:
             results = getattr(self, "_last_eval_results", None)
         return results
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """detectron2's SGD, or AdamW with the same parameter groups when ``SOLVER.OPTIMIZER`` is AdamW."""
+        name = cfg.SOLVER.OPTIMIZER
+        if name == "SGD":
+            return super().build_optimizer(cfg, model)
+        if name != "AdamW":
+            raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'AdamW', got {name!r}")
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
+            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+        )
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -85,9 +85,13 @@ def test_train_then_eval_only_coco(tmp_path, datasets_dir):
     assert (tmp_path / "eval" / "inference" / "synthetic_instances_val" / "coco_instances_results.json").is_file()
 
 
-def test_eval_cityscapes_instance_evaluator_on_export(tmp_path, datasets_dir):
+def test_eval_cityscapes_instance_evaluator_on_export(tmp_path, datasets_dir, monkeypatch):
     from instseg.data.cityscapes import export_and_register
     from instseg.data.synthetic import SyntheticSpec
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # cityscapesscripts writes matches.json into the cwd unless we stop it
 
     name = export_and_register(SyntheticSpec(num_images=3, height=96, width=96, seed=5), split="val",
                                name="synthetic_cityscapes_test_val")
@@ -98,6 +102,7 @@ def test_eval_cityscapes_instance_evaluator_on_export(tmp_path, datasets_dir):
     # cityscapesscripts' instance-level evaluation ran and reported AP / AP50 (in percent)
     assert "segm" in res and set(res["segm"]) >= {"AP", "AP50"}
     assert 0.0 <= res["segm"]["AP50"] <= 100.0
+    assert list(cwd.iterdir()) == []
 
 
 def test_two_processes_on_cpu(tmp_path, datasets_dir):
