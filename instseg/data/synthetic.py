@@ -25,7 +25,7 @@ THING_CLASSES = ["disc", "star", "bar", "ring", "rect"]
 STUFF_CLASSES = ["sky", "wall", "ground"]
 
 # Version of the generator: part of the cache key, bump it whenever the output of `render_scene` changes.
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,16 +119,26 @@ def _stuff_texture(rng: np.random.Generator, kind: int, h: int, w: int) -> np.nd
         rows = (yy % period) < 2
         offset = ((yy // period) % 2) * period
         cols = ((xx + offset) % (2 * period)) < 2
-        t = -45 * (rows | cols).astype(np.float32)[..., None] + 10 * _smooth_noise(rng, h, w, 8)[..., None]
+        t = -20 * (rows | cols).astype(np.float32)[..., None] + 10 * _smooth_noise(rng, h, w, 8)[..., None]
     else:  # ground: grainy noise
         grain = rng.random((h, w), dtype=np.float32) - 0.5
-        t = (50 * grain + 30 * _smooth_noise(rng, h, w, 6))[..., None]
+        t = (25 * grain + 30 * _smooth_noise(rng, h, w, 6))[..., None]
     return base + t
 
 
-def _thing_texture(rng: np.random.Generator, h: int, w: int, y0: int = 0, x0: int = 0) -> np.ndarray:
-    """An (h, w, 3) striped texture of one instance; (y0, x0) is its offset in the image."""
+# Minimum distance (L2 over BGR) between an instance's base colour and the mean colour under it, so that
+# every instance is visible against what it covers (colours stay independent of the class).
+MIN_CONTRAST = 90.0
+
+
+def _thing_texture(
+    rng: np.random.Generator, h: int, w: int, y0: int = 0, x0: int = 0, under: np.ndarray = None
+) -> np.ndarray:
+    """An (h, w, 3) striped texture of one instance; (y0, x0) is its offset in the image and ``under``
+    the mean colour of what it covers (the base colour is moved away from it if they are too close)."""
     base = rng.uniform(0, 255, size=3).astype(np.float32)
+    if under is not None and np.linalg.norm(base - under) < MIN_CONTRAST:
+        base = np.where(under > 127, under - 110, under + 110).astype(np.float32)
     yy, xx = np.ogrid[y0 : y0 + h, x0 : x0 + w]
     angle = rng.uniform(0, np.pi)
     freq = rng.uniform(0.3, 0.9)
@@ -174,7 +184,7 @@ def _shape_mask(rng: np.random.Generator, cls: int, cx: float, cy: float, r: flo
         return _draw(h, w, lambda c: cv2.fillPoly(c, [_pts(pts)], 1, cv2.LINE_8, SHIFT))
     if cls == 2:  # bar: thin, long rotated rectangle
         length = 2.0 * r * rng.uniform(1.2, 1.8)
-        thick = rng.uniform(3.5, 6.5) * max(1.0, r / 30.0)
+        thick = rng.uniform(5.0, 8.0) * max(1.0, r / 30.0)
         return _rotated_rect(cx, cy, length, thick, theta, h, w)
     if cls == 3:  # ring: ellipse with a hole
         ratio = rng.uniform(0.8, 1.0)
@@ -270,7 +280,8 @@ def render_scene(spec: SyntheticSpec, index: int) -> SyntheticScene:
             continue
         x0, y0, x1, y1 = (int(v) for v in mask_to_box(m))
         crop = m[y0:y1, x0:x1]
-        tex = _thing_texture(rng, y1 - y0, x1 - x0, y0, x0)
+        under = image[y0:y1, x0:x1][crop].mean(axis=0)
+        tex = _thing_texture(rng, y1 - y0, x1 - x0, y0, x0, under)
         image[y0:y1, x0:x1][crop] = tex[crop]
         full_masks.append(m)
         classes.append(cls)

@@ -12,10 +12,10 @@ order; CUDA: ``torch.cuda.max_memory_allocated``) and the ratios. Goals (issue 3
 least 3x faster than the reference and at most half its peak memory.
 """
 
-import statistics
-import time
 
 import torch
+
+from tools.bench.common import median_time
 
 DEFAULTS = dict(n=2, d=32, height=200, width=304, objects=100, box_min=0.05, box_max=0.6, repeats=5, warmup=1, seed=0)
 GOAL_SPEEDUP = 3.0
@@ -49,21 +49,6 @@ def make_inputs(n, d, height, width, objects, box_min=0.05, box_max=0.6, seed=0,
     centre = torch.rand(objects, 2, generator=g, dtype=torch.float64) * scale
     boxes = torch.cat([centre - size / 2, centre + size / 2], dim=1).to(dtype)
     return pixel, obj, batch, boxes
-
-
-def _time(fn, warmup, repeats, sync=None):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if sync:
-            sync()
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _peak_cpu_bytes(fn):
@@ -113,8 +98,8 @@ def _measure(inputs, grad, warmup, repeats, device):
             out = fn(pixel_g, obj_g, batch, boxes)
             return torch.autograd.grad(out, (pixel_g, obj_g), grad)
 
-        res[f"{name}_forward_s"] = _time(forward, warmup, repeats, sync)
-        res[f"{name}_forward_backward_s"] = _time(forward_backward, warmup, repeats, sync)
+        res[f"{name}_forward_s"] = median_time(forward, warmup, repeats, sync)
+        res[f"{name}_forward_backward_s"] = median_time(forward_backward, warmup, repeats, sync)
         res[f"{name}_forward_peak_bytes"] = peak(forward)
         res[f"{name}_forward_backward_peak_bytes"] = peak(forward_backward)
     res["speedup_forward"] = res["reference_forward_s"] / res["op_forward_s"]

@@ -14,11 +14,11 @@ pixels get a stuff class with no seeds. Each instance pixel predicts the distanc
 box with some noise (a few percent of the box size); each seed is its instance's box, jittered as a
 detection would be.
 """
-import statistics
-import time
 
 import numpy as np
 import torch
+
+from tools.bench.common import median_time
 
 DEFAULTS = dict(height=512, width=1024, classes=8, seeds=100, repeats=3, op_repeats=20, warmup=1, seed=0)
 
@@ -71,21 +71,6 @@ def make_scene(height, width, classes, seeds, seed=0, dtype=np.float32):
     return labels, dist.astype(dtype), seed_boxes.astype(dtype), gt_cls.astype(np.int64)
 
 
-def _time(fn, warmup, repeats, sync=None):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if sync:
-            sync()
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def run(args) -> dict:
     from casnet.layers import iou_vote, iou_vote_numpy, iou_vote_reference
     from instseg.extension import get_op
@@ -117,9 +102,9 @@ def run(args) -> dict:
     out["supported_seeds"] = int((sup_np > 0).sum())
 
     op_repeats = args.iou_vote_op_repeats
-    t_op = _time(lambda: iou_vote(t_labels, t_dist, t_boxes, t_classes), warmup, op_repeats)
-    t_np = _time(lambda: iou_vote_numpy(labels, dist, boxes, classes), warmup, repeats)
-    t_ref = _time(lambda: iou_vote_reference(t_labels, t_dist, t_boxes, t_classes), warmup, repeats)
+    t_op = median_time(lambda: iou_vote(t_labels, t_dist, t_boxes, t_classes), warmup, op_repeats)
+    t_np = median_time(lambda: iou_vote_numpy(labels, dist, boxes, classes), warmup, repeats)
+    t_ref = median_time(lambda: iou_vote_reference(t_labels, t_dist, t_boxes, t_classes), warmup, repeats)
     out["cpu"] = {
         "op_s": t_op,
         "numpy_reference_s": t_np,
@@ -138,8 +123,8 @@ def run(args) -> dict:
             c_in = [t.to(dev) for t in (t_labels, t_dist, t_boxes, t_classes)]
             sync = torch.cuda.synchronize
             ids_c, sup_c = iou_vote(*c_in)
-            t_op_c = _time(lambda: iou_vote(*c_in), warmup + 2, op_repeats, sync)
-            t_ref_c = _time(lambda: iou_vote_reference(*c_in), warmup, repeats, sync)
+            t_op_c = median_time(lambda: iou_vote(*c_in), warmup + 2, op_repeats, sync)
+            t_ref_c = median_time(lambda: iou_vote_reference(*c_in), warmup, repeats, sync)
             out["cuda"] = {
                 "device": torch.cuda.get_device_name(),
                 "op_s": t_op_c,

@@ -9,11 +9,11 @@ forward+backward at most 1.5x the time of ``torchvision.ops.roi_align``'s.
 nothing; ``tools/benchmark_ops.py`` drives it. ``python -m tools.bench.sg_roi_align`` prints the dict as JSON.
 """
 import argparse
-import statistics
-import time
 
 import torch
 import torchvision
+
+from tools.bench.common import median_time
 
 FWD_BWD_GOAL = 1.5  # sg_roi_align forward+backward / roi_align forward+backward
 
@@ -56,19 +56,6 @@ def _inputs(a, device):
     return [t.to(device) for t in (x, rois, probs, grad)]
 
 
-def _median_time(fn, warmup: int, repeats: int, sync) -> float:
-    for _ in range(warmup):
-        fn()
-        sync()
-    times = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _measure(a, device: torch.device) -> dict:
     from dsg.layers.sg_roi_align import sg_roi_align, sg_roi_align_reference
 
@@ -103,14 +90,14 @@ def _measure(a, device: torch.device) -> dict:
 
     warm, rep = a.warmup + (2 if device.type == "cuda" else 0), a.repeats
     t = {
-        "op_forward_s": _median_time(sg_fwd, warm, rep, sync),
-        "op_forward_backward_s": _median_time(sg_fwd_bwd, warm, rep, sync),
-        "roi_align_forward_s": _median_time(tv_fwd, warm, rep, sync),
-        "roi_align_forward_backward_s": _median_time(tv_fwd_bwd, warm, rep, sync),
+        "op_forward_s": median_time(sg_fwd, warm, rep, sync),
+        "op_forward_backward_s": median_time(sg_fwd_bwd, warm, rep, sync),
+        "roi_align_forward_s": median_time(tv_fwd, warm, rep, sync),
+        "roi_align_forward_backward_s": median_time(tv_fwd_bwd, warm, rep, sync),
     }
     if not a.skip_reference:  # seconds per call: no warm-up needed, and it keeps the run near a minute
-        t["reference_forward_s"] = _median_time(ref_fwd, 0, a.reference_repeats, sync)
-        t["reference_forward_backward_s"] = _median_time(ref_fwd_bwd, 0, a.reference_repeats, sync)
+        t["reference_forward_s"] = median_time(ref_fwd, 0, a.reference_repeats, sync)
+        t["reference_forward_backward_s"] = median_time(ref_fwd_bwd, 0, a.reference_repeats, sync)
     out = dict(t)
     out["forward_vs_roi_align"] = t["op_forward_s"] / t["roi_align_forward_s"]
     out["forward_backward_vs_roi_align"] = t["op_forward_backward_s"] / t["roi_align_forward_backward_s"]

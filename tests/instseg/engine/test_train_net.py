@@ -228,3 +228,24 @@ def test_every_config_loads_and_builds():
         cfg.MODEL.DEVICE = "cpu"
         model = build_model(cfg)
         assert sum(p.numel() for p in model.parameters()) > 0, path
+
+
+def test_solver_optimizer_switch():
+    from detectron2.modeling import build_model
+
+    from instseg.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(BASELINE)
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    assert isinstance(Trainer.build_optimizer(cfg, model), torch.optim.SGD)
+    cfg.SOLVER.OPTIMIZER = "AdamW"
+    opt = Trainer.build_optimizer(cfg, model)
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["lr"] == cfg.SOLVER.BASE_LR
+    # every trainable parameter is optimised exactly once
+    n_opt = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n_opt == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    cfg.SOLVER.OPTIMIZER = "Adam"
+    with pytest.raises(ValueError, match="SOLVER.OPTIMIZER"):
+        Trainer.build_optimizer(cfg, model)
