@@ -204,8 +204,8 @@ def test_image_pixels_of_a_visible_mask_are_painted_by_that_instance(monkeypatch
         orig_stuff(rng, kind, h, w)
         return np.zeros((h, w, 3), dtype=np.float32)
 
-    def flat_thing(rng, h, w, y0=0, x0=0):
-        orig_thing(rng, h, w, y0, x0)
+    def flat_thing(rng, h, w, y0=0, x0=0, under=None):
+        orig_thing(rng, h, w, y0, x0, under)  # same random draws as the real texture
         k = len(calls)
         colour = np.array([15 + 30 * k, 200, 100], dtype=np.float32)
         calls.append(((float(x0), float(y0), float(x0 + w), float(y0 + h)), colour))

@@ -34,6 +34,8 @@ TINY = [
     "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.BASE_LR", "0.01",
     "SOLVER.STEPS", "()", "DATALOADER.NUM_WORKERS", "0",
     "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",  # an untrained model still predicts something
+    # BN everywhere: after 3 iterations the running statistics are far off; PreciseBN recomputes them
+    "TEST.PRECISE_BN.ENABLED", "True", "TEST.PRECISE_BN.NUM_ITER", "4",
     "MODEL.DEVICE", "cpu",
 ]
 
@@ -239,6 +241,7 @@ def test_solver_optimizer_switch():
     cfg.merge_from_file(BASELINE)
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)
+    cfg.SOLVER.OPTIMIZER = "SGD"
     assert isinstance(Trainer.build_optimizer(cfg, model), torch.optim.SGD)
     cfg.SOLVER.OPTIMIZER = "AdamW"
     opt = Trainer.build_optimizer(cfg, model)
