@@ -27,3 +27,43 @@ def cuda_available():
 requires_cuda = pytest.mark.skipif(
     not importlib.util.find_spec("torch") or not cuda_available(), reason="no CUDA device on this machine"
 )
+
+
+# a tiny version of the default synthetic setting: 96 px images, 2 images per batch, a few iterations
+TINY = [
+    "DATASETS.SYNTHETIC.IMAGE_SIZE", "(96, 96)",
+    "DATASETS.SYNTHETIC.NUM_TRAIN", "12",
+    "DATASETS.SYNTHETIC.NUM_VAL", "4",
+    "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
+    "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96",
+    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.BASE_LR", "0.01",
+    "SOLVER.STEPS", "()", "DATALOADER.NUM_WORKERS", "0",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",  # an untrained model still predicts something
+    # BN everywhere: after 3 iterations the running statistics are far off; PreciseBN recomputes them
+    "TEST.PRECISE_BN.ENABLED", "True", "TEST.PRECISE_BN.NUM_ITER", "4",
+    "MODEL.DEVICE", "cpu",
+]
+
+
+def synthetic_batch(num_images=2, size=96, seed=11, empty=(1,)):
+    """Model inputs (detectron2's list[dict] with "image" and "instances") rendered from the synthetic
+    generator; the images whose index is in ``empty`` have no instance at all."""
+    import numpy as np
+    import torch
+    from detectron2.structures import BitMasks, Boxes, Instances
+
+    from instseg.data.synthetic import SyntheticSpec, render_scene
+
+    spec = SyntheticSpec(num_images=num_images, height=size, width=size, seed=seed, empty_prob=0.0)
+    batch = []
+    for i in range(num_images):
+        scene = render_scene(spec, i)
+        inst = Instances((size, size))
+        kept = [] if i in empty else [x for x in scene.instances if x.area > 0]
+        inst.gt_boxes = Boxes(torch.tensor([x.bbox_xyxy for x in kept], dtype=torch.float32).reshape(-1, 4))
+        inst.gt_classes = torch.tensor([x.category_id for x in kept], dtype=torch.int64)
+        masks = np.stack([x.mask for x in kept]) if kept else np.zeros((0, size, size), bool)
+        inst.gt_masks = BitMasks(torch.from_numpy(masks))
+        image = torch.from_numpy(np.ascontiguousarray(scene.image.transpose(2, 0, 1)))
+        batch.append({"image": image, "height": size, "width": size, "instances": inst})
+    return batch

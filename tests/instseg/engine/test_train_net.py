@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.utils import importorskip_detectron2
+from tests.utils import TINY, importorskip_detectron2
 
 importorskip_detectron2()
 
@@ -24,22 +24,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 BASELINE = os.path.join(ROOT, "configs", "Baselines", "mask_rcnn_R_18_FPN_synthetic.yaml")
 PY = sys.executable
 
-# a tiny version of the default synthetic setting: 96 px images, 2 images per batch, a few iterations
-TINY = [
-    "DATASETS.SYNTHETIC.IMAGE_SIZE", "(96, 96)",
-    "DATASETS.SYNTHETIC.NUM_TRAIN", "12",
-    "DATASETS.SYNTHETIC.NUM_VAL", "4",
-    "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
-    "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96",
-    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.BASE_LR", "0.01",
-    "SOLVER.STEPS", "()", "DATALOADER.NUM_WORKERS", "0",
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",  # an untrained model still predicts something
-    # BN everywhere: after 3 iterations the running statistics are far off; PreciseBN recomputes them
-    "TEST.PRECISE_BN.ENABLED", "True", "TEST.PRECISE_BN.NUM_ITER", "4",
-    "MODEL.DEVICE", "cpu",
-]
-
-
 class Args:
     """The fields of detectron2's default_argument_parser that setup uses."""
 
@@ -49,18 +33,6 @@ class Args:
         self.eval_only = kw.get("eval_only", False)
         self.resume = kw.get("resume", False)
         self.num_gpus = 1
-
-
-@pytest.fixture
-def datasets_dir(tmp_path, monkeypatch):
-    d = tmp_path / "datasets"
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(d))
-    yield d
-    # the default names point back at the default location for other tests
-    monkeypatch.undo()
-    from instseg.data.datasets import register_all_synthetic
-
-    register_all_synthetic()
 
 
 def _env(datasets_dir):
