@@ -1,6 +1,15 @@
-"""Deeply Shape-guided instance segmentation (DSG) as a detectron2 extension.
+"""Deeply Shape-guided instance segmentation (DSG, ``papers/dsg_deeply_shape_guided.txt``) as a detectron2
+extension.
 
-``dsg.layers`` (the Shape-guided RoIAlign op) needs only torch; the detectron2 parts are imported when
-detectron2 is installed.
+``dsg.layers`` (the Shape-guided RoIAlign op) needs only torch; the detectron2 parts (``dsg.modeling``:
+ROI heads, MPN, cascade) are imported when detectron2 is installed.
 """
+import importlib.util
+
 from . import layers  # noqa: F401
+from .config import add_dsg_config
+
+if importlib.util.find_spec("detectron2") is not None:
+    from . import modeling  # noqa: F401
+
+__all__ = ["add_dsg_config"]

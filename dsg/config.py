@@ -1,0 +1,42 @@
+"""``add_dsg_config``: the keys of Deeply Shape-guided instance segmentation, paper values as defaults."""
+
+
+def add_dsg_config(cfg) -> None:
+    """Add ``MODEL.DSG`` (DSG, ``papers/dsg_deeply_shape_guided.txt``) to a detectron2 config.
+
+    The five Table 1 switches default to the paper's final choice: mRPN, F_M, SgRA_B and F_B on, SgRA_M off.
+    With all five off, DSGROIHeads is Mask R-CNN's StandardROIHeads (Table 1, row 0)."""
+    from detectron2.config import CfgNode as CN
+
+    cfg.MODEL.DSG = CN()
+    _C = cfg.MODEL.DSG
+    # Table 1 "mRPN": the RPN's RoIs also go through the Mask Proposal Network (MPN, Sec. 3.2), which
+    # predicts a class-agnostic mask probability map P per RoI and keeps its intermediate features F_-
+    _C.MRPN_ON = True
+    # Table 1 "F_M": F_- -> conv -> summed with the mask head's RoI features F_m (Sec. 3.3)
+    _C.FUSE_MASK = True
+    # Table 1 "SgRA_B": the box head's RoI features come from Shape-guided RoIAlign guided by P (Sec. 3.4)
+    _C.SG_ROI_ALIGN_BOX = True
+    # Table 1 "F_B": F_- -> adaptive average pooling to the box resolution -> conv -> summed with F_b
+    _C.FUSE_BOX = True
+    # Table 1 "SgRA_M": the mask head's RoI features from SgRoIAlign too (guided by the P of the proposal
+    # each detection was regressed from)
+    _C.SG_ROI_ALIGN_MASK = False
+    # "exact": Eq. 2 with our SgRoIAlign op (P sampled at every sampling point); "bin_approx": RoIAlign
+    # features times (1 + P averaged over each bin), the approximation of the authors' later code
+    _C.SG_MODE = "exact"
+    # stop the gradient of the box (and mask) losses into the MPN through P
+    _C.DETACH_PROBS = False
+    # kernel size of the fusion convs: 1 as Sec. 3.3 says (Table 1's +0.59M per fusion matches 3x3 convs)
+    _C.FUSION_KERNEL_SIZE = 1
+    # the MPN: a mask-head-like FCN on RoIAlign features (Fig. 3). Output P is 2 x POOLER_RESOLUTION square;
+    # F_- is the output of the last conv (POOLER_RESOLUTION square, CONV_DIM channels)
+    _C.MPN_NUM_CONV = 4
+    _C.MPN_CONV_DIM = 256
+    _C.MPN_NORM = ""
+    _C.MPN_POOLER_RESOLUTION = 14
+    _C.MPN_POOLER_SAMPLING_RATIO = 0
+    _C.MPN_POOLER_TYPE = "ROIAlignV2"
+    # the MPN is trained with a binary mask loss on RoIs with IoU >= 0.5 against a ground truth (Sec. 4.1)
+    _C.MPN_IOU_THRESHOLD = 0.5
+    _C.MPN_LOSS_WEIGHT = 1.0

@@ -1,0 +1,215 @@
+"""Cascade DSG (Sec. 3.5, Eq. 3, Fig. 4): Cascade Mask R-CNN with a mask head per stage, where stage t's
+mask prediction guides the next box head (SgRoIAlign) and its intermediate features feed the next heads.
+
+With stage 0 the mRPN (B^0 = the RoIs, M^0 and F_-^0 from the MPN), for t = 1..T (box head t is detectron2's
+stage t-1):
+
+    F_b^t = f_s(B^{t-1}, F, M^{t-1}),            B^t = b^t(F_b^t (+) w_b^t F_-^{t-1})
+    F_m^t = f(B^t, F),                (M^t, F_-^t) = m^t(F_m^t (+) w_m^t F_-^{t-1})
+
+Box t's RoIs are B^{t-1} (one-to-one with the regressed boxes B^t), so mask head t runs on B^t: in training
+these are exactly the RoIs box head t+1 is trained on ("the box head at stage t uses the same sampled RoIs as
+the mask head at stage t-1", Sec. 4.1). Every mask head is trained on its RoIs with IoU >= 0.5. At test time
+the intermediate mask heads run on all RoIs; the last one on the final detections, with the F_- of the RoI
+each detection was regressed from.
+"""
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads
+from detectron2.modeling.roi_heads.cascade_rcnn import _ScaleGradient
+from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import get_event_storage
+from torch import nn
+
+from .heads import FeatureFusion, FeatureMaskRCNNHead
+from .poolers import build_guided_pooler, pooler_args
+from .roi_heads import MPN_FEATURES, MPN_PROBS, MPNMixin, check_dsg_switches
+
+
+@ROI_HEADS_REGISTRY.register()
+class CascadeDSGROIHeads(MPNMixin, CascadeROIHeads):
+    """``CascadeROIHeads`` with the mRPN as stage 0, a ``FeatureMaskRCNNHead`` per stage, SgRoIAlign for every
+    box head (guided by the previous stage's mask) and F_- fusion into every box and mask head (Eq. 3).
+    Losses: ``loss_mpn``, detectron2's per-stage box losses, ``loss_mask_stage{t}``."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        mpn_pooler,
+        mpn,
+        stage_mask_heads: List[FeatureMaskRCNNHead],
+        mpn_iou_threshold: float = 0.5,
+        sg_box: bool = True,
+        box_fusions: Optional[List[FeatureFusion]] = None,
+        mask_fusions: Optional[List[FeatureFusion]] = None,
+        detach_probs: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not self.mask_on:
+            raise ValueError("CascadeDSGROIHeads needs MODEL.MASK_ON=True: every stage has a mask head")
+        if len(stage_mask_heads) != self.num_cascade_stages - 1:
+            raise ValueError("CascadeDSGROIHeads: one mask head per stage (the last is mask_head)")
+        self.mpn_pooler = mpn_pooler
+        self.mpn = mpn
+        self.stage_mask_heads = nn.ModuleList(stage_mask_heads)
+        self.mpn_iou_threshold = mpn_iou_threshold
+        self.sg_box = sg_box
+        self.box_fusions = nn.ModuleList(box_fusions) if box_fusions else None
+        self.mask_fusions = nn.ModuleList(mask_fusions) if mask_fusions else None
+        self.detach_probs = detach_probs
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        dsg = cfg.MODEL.DSG
+        check_dsg_switches(dsg)
+        if not dsg.MRPN_ON:
+            raise ValueError("Cascade DSG needs MODEL.DSG.MRPN_ON=True (stage 0 is the mRPN); without it, "
+                             "use CascadeROIHeads (Cascade Mask R-CNN)")
+        if dsg.SG_ROI_ALIGN_MASK:
+            raise ValueError("Cascade DSG pools mask features with plain RoIAlign (Eq. 3); "
+                             "set MODEL.DSG.SG_ROI_ALIGN_MASK=False")
+        ret = super().from_config(cfg, input_shape)
+        ret.update(cls._init_mpn(cfg, input_shape))
+        num_stages = len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)
+        in_channels = [input_shape[f].channels for f in cfg.MODEL.ROI_HEADS.IN_FEATURES][0]
+        res = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
+        shape = ShapeSpec(channels=in_channels, height=res, width=res)
+        ret["mask_head"] = FeatureMaskRCNNHead(cfg, shape)
+        ret["stage_mask_heads"] = [FeatureMaskRCNNHead(cfg, shape) for _ in range(num_stages - 1)]
+        # F_-^{t-1} comes from the MPN (t = 1) or from mask head t-1
+        dims = [ret["mpn"].conv_norm_relus[-1].out_channels] + [
+            h.conv_norm_relus[-1].out_channels for h in ret["stage_mask_heads"]
+        ]
+        k = dsg.FUSION_KERNEL_SIZE
+        ret["sg_box"] = dsg.SG_ROI_ALIGN_BOX
+        if dsg.FUSE_BOX:
+            box_res = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
+            ret["box_fusions"] = [FeatureFusion(d, in_channels, box_res, k) for d in dims]
+        if dsg.FUSE_MASK:
+            ret["mask_fusions"] = [FeatureFusion(d, in_channels, res, k) for d in dims]
+        return ret
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        ret = super()._init_box_head(cfg, input_shape)
+        if cfg.MODEL.DSG.SG_ROI_ALIGN_BOX:
+            args = pooler_args(cfg, input_shape, cfg.MODEL.ROI_BOX_HEAD)
+            ret["box_pooler"] = build_guided_pooler(cfg.MODEL.DSG.SG_MODE, **args)
+        return ret
+
+    # ---------------------------------------------------------------------------------------------
+    def _run_stage(self, features, proposals, stage, probs=None, prev_features=None):
+        """Box head ``stage`` on its RoIs, guided by the previous mask prediction P and fused with F_-."""
+        boxes = [x.proposal_boxes for x in proposals]
+        if self.sg_box:
+            box_features = self.box_pooler(features, boxes, probs)
+        else:
+            box_features = self.box_pooler(features, boxes)
+        if self.box_fusions is not None:
+            box_features = box_features + self.box_fusions[stage](prev_features)
+        if self.training:
+            box_features = _ScaleGradient.apply(box_features, 1.0 / self.num_cascade_stages)
+        box_features = self.box_head[stage](box_features)
+        return self.box_predictor[stage](box_features)
+
+    def _run_mask_head(self, features, head, stage, boxes: List[Boxes], prev_features):
+        """Mask head ``stage`` on RoIs ``boxes``: logits and its F_- (Eq. 3, second line)."""
+        x = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
+        if self.mask_fusions is not None:
+            x = x + self.mask_fusions[stage](prev_features)
+        return head.layers_with_features(x)
+
+    def _next_rois(self, boxes: List[torch.Tensor], image_sizes):
+        """The regressed boxes as the next RoIs, and per image the indices of the ones kept (training drops
+        empty boxes, as detectron2's cascade does) so that per-RoI tensors follow them."""
+        rois, kept = [], []
+        for b, size in zip(boxes, image_sizes):
+            b = Boxes(b.detach())
+            b.clip(size)
+            keep = b.nonempty().nonzero().squeeze(1) if self.training else torch.arange(len(b), device=b.device)
+            inst = Instances(size)
+            inst.proposal_boxes = b[keep]
+            rois.append(inst)
+            kept.append(keep)
+        return rois, kept
+
+    @torch.no_grad()
+    def _match_and_label_boxes(self, proposals, stage, targets):
+        proposals = super()._match_and_label_boxes(proposals, stage, targets)
+        # the mask heads are trained on these RoIs too: they need their matched ground-truth masks
+        from detectron2.structures import pairwise_iou
+
+        for p, t in zip(proposals, targets):
+            if len(t) > 0 and t.has("gt_masks") and len(p) > 0:
+                idx = pairwise_iou(t.gt_boxes, p.proposal_boxes).argmax(dim=0)
+                p.gt_masks = t.gt_masks[idx]
+        return proposals
+
+    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances], targets=None):
+        box_features = [features[f] for f in self.box_in_features]
+        image_sizes = [x.image_size for x in proposals]
+        logits, prev_feat = self.run_mpn(features, [p.proposal_boxes for p in proposals])  # stage 0: mRPN
+        prev_probs = self.probs_of(logits)
+        losses = {"loss_mpn": self.mask_loss_on_matched(self.mpn, logits, proposals)} if self.training else {}
+        head_outputs = []
+        for k in range(self.num_cascade_stages):
+            predictions = self._run_stage(box_features, proposals, k, prev_probs, prev_feat)
+            head_outputs.append((self.box_predictor[k], predictions, proposals, prev_feat, prev_probs))
+            last = k == self.num_cascade_stages - 1
+            if last and not self.training:
+                break
+            rois, kept = self._next_rois(self.box_predictor[k].predict_boxes(predictions, proposals), image_sizes)
+            sizes = [len(p) for p in proposals]
+            prev_feat = torch.cat([f[i] for f, i in zip(prev_feat.split(sizes), kept)])
+            if self.training:
+                rois = self._match_and_label_boxes(rois, min(k + 1, self.num_cascade_stages - 1), targets)
+            head = self.mask_head if last else self.stage_mask_heads[k]
+            mask_logits, feat = self._run_mask_head(features, head, k, [r.proposal_boxes for r in rois], prev_feat)
+            if self.training:
+                losses[f"loss_mask_stage{k}"] = self.mask_loss_on_matched(head, mask_logits, rois)
+            proposals, prev_feat, prev_probs = rois, feat, self.probs_of(mask_logits)
+
+        if self.training:
+            storage = get_event_storage()
+            for stage, (predictor, predictions, props, _, _) in enumerate(head_outputs):
+                with storage.name_scope("stage{}".format(stage)):
+                    stage_losses = predictor.losses(predictions, props)
+                losses.update({k + "_stage{}".format(stage): v for k, v in stage_losses.items()})
+            return losses
+
+        scores_per_stage = [h[0].predict_probs(h[1], h[2]) for h in head_outputs]
+        scores = [sum(list(s)) * (1.0 / self.num_cascade_stages) for s in zip(*scores_per_stage)]
+        predictor, predictions, props, last_feat, last_probs = head_outputs[-1]
+        boxes = predictor.predict_boxes(predictions, props)
+        pred_instances, kept = fast_rcnn_inference(
+            boxes, scores, image_sizes, predictor.test_score_thresh, predictor.test_nms_thresh,
+            predictor.test_topk_per_image,
+        )
+        sizes = [len(p) for p in props]
+        for inst, k, b, s, f, pr in zip(pred_instances, kept, boxes, scores, last_feat.split(sizes),
+                                        last_probs.split(sizes)):
+            valid = torch.isfinite(b).all(dim=1) & torch.isfinite(s).all(dim=1)
+            k = k if bool(valid.all()) else valid.nonzero().squeeze(1)[k]
+            inst.set(MPN_FEATURES, f[k])  # F_-^{T-1} of the RoI each detection was regressed from
+            inst.set(MPN_PROBS, pr[k])
+        return pred_instances
+
+    def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
+        if self.training:
+            return {}  # every stage's mask head was trained in _forward_box, on its own RoIs
+        if all(i.has(MPN_FEATURES) for i in instances):
+            prev = torch.cat([i.get(MPN_FEATURES) for i in instances])
+        else:  # boxes given from outside: no RoI they were regressed from; use the MPN on the boxes
+            prev = self.run_mpn(features, [i.pred_boxes for i in instances])[1]
+            if len(self.stage_mask_heads):
+                raise ValueError("CascadeDSGROIHeads.forward_with_given_boxes needs the instances of its own "
+                                 "box branch (they carry each detection's stage features)")
+        stage = self.num_cascade_stages - 1
+        logits, _ = self._run_mask_head(features, self.mask_head, stage, [i.pred_boxes for i in instances], prev)
+        return self.mask_head.inference(logits, instances)

@@ -1,0 +1,245 @@
+"""DSG's ROI heads (Sec. 3, Fig. 2-3): the MPN half of the mask-supervised RPN, Shape-guided RoIAlign for
+the box (and optionally mask) head, and fusion of the MPN's intermediate features F_- into both heads.
+
+The MPN runs on the RoIs that go to the box head (the sampled proposals in training, all proposals at test
+time), so it lives here, after detectron2's proposal sampling, rather than in the proposal generator; the
+RPN itself is detectron2's. With every ``MODEL.DSG`` switch off these heads are ``StandardROIHeads``.
+"""
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec, cat
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads, select_foreground_proposals
+from detectron2.structures import Boxes, Instances
+from detectron2.structures.boxes import matched_pairwise_iou
+from torch import nn
+
+from .heads import FeatureFusion, MaskProposalNetwork
+from .poolers import build_guided_pooler, pooler_args
+
+# per-RoI fields that carry the MPN's outputs from the box branch to the mask branch
+MPN_FEATURES, MPN_PROBS = "mpn_features", "mpn_probs"
+
+
+def check_dsg_switches(dsg) -> None:
+    """mRPN is the necessity for the other designs (Sec. 4.2): refuse combinations without it."""
+    needs_mrpn = [k for k in ("FUSE_MASK", "SG_ROI_ALIGN_BOX", "FUSE_BOX", "SG_ROI_ALIGN_MASK") if dsg.get(k)]
+    if needs_mrpn and not dsg.MRPN_ON:
+        raise ValueError(f"MODEL.DSG.{', '.join(needs_mrpn)} need(s) MODEL.DSG.MRPN_ON=True: their mask "
+                         "probabilities and features come from the mask-supervised RPN")
+
+
+def mpn_training_rois(proposals: List[Instances], iou_threshold: float) -> List[torch.Tensor]:
+    """Per image, a bool mask of the RoIs the MPN is trained on: those matched to a ground truth with
+    box IoU >= ``iou_threshold`` (Sec. 4.1); their target is the matched instance's mask, class-agnostic."""
+    out = []
+    for p in proposals:
+        if len(p) == 0 or not p.has("gt_masks"):
+            out.append(torch.zeros(len(p), dtype=torch.bool, device=p.proposal_boxes.device))
+            continue
+        iou = matched_pairwise_iou(p.proposal_boxes, p.gt_boxes)
+        out.append(iou >= iou_threshold)
+    return out
+
+
+def proposal_indices(box_predictor, predictions, proposals, kept: List[torch.Tensor]) -> List[torch.Tensor]:
+    """Map the kept indices of ``fast_rcnn_inference`` to indices into each image's proposals.
+
+    detectron2 drops proposals with non-finite boxes or scores before filtering, so its indices count only
+    the finite rows; undo that here so that each detection finds the proposal it was regressed from."""
+    boxes = box_predictor.predict_boxes(predictions, proposals)
+    scores = box_predictor.predict_probs(predictions, proposals)
+    out = []
+    for b, s, k in zip(boxes, scores, kept):
+        valid = torch.isfinite(b).all(dim=1) & torch.isfinite(s).all(dim=1)
+        out.append(k if bool(valid.all()) else valid.nonzero().squeeze(1)[k])
+    return out
+
+
+class MPNMixin:
+    """What DSG's ROI heads and Cascade DSG share: the MPN (stage 0, the mask half of the mRPN), its loss,
+    P, and stripping the MPN's per-RoI tensors from the outputs. Needs ``mpn_pooler``, ``mpn``,
+    ``mpn_iou_threshold``, ``detach_probs`` and ``box_in_features`` on the instance."""
+
+    @classmethod
+    def _init_mpn(cls, cfg, input_shape):
+        dsg = cfg.MODEL.DSG
+        if not dsg.MRPN_ON:
+            return {}
+        in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
+        in_channels = [input_shape[f].channels for f in in_features][0]
+        res = dsg.MPN_POOLER_RESOLUTION
+        pooler = ROIPooler(
+            output_size=res,
+            scales=tuple(1.0 / input_shape[k].stride for k in in_features),
+            sampling_ratio=dsg.MPN_POOLER_SAMPLING_RATIO,
+            pooler_type=dsg.MPN_POOLER_TYPE,
+        )
+        mpn = MaskProposalNetwork(cfg, ShapeSpec(channels=in_channels, height=res, width=res))
+        return {"mpn_pooler": pooler, "mpn": mpn, "mpn_iou_threshold": dsg.MPN_IOU_THRESHOLD,
+                "detach_probs": dsg.DETACH_PROBS}
+
+    def run_mpn(self, features: Dict[str, torch.Tensor], boxes: List[Boxes]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """MPN logits (R, 1, 2S, 2S) and intermediate features F_- (R, D, S, S) for the given RoIs."""
+        x = self.mpn_pooler([features[f] for f in self.box_in_features], boxes)
+        return self.mpn.layers_with_features(x)
+
+    def mask_loss_on_matched(self, head, logits: torch.Tensor, rois: List[Instances]) -> torch.Tensor:
+        """``head``'s binary mask loss on the RoIs with IoU >= 0.5 to their matched ground truth (Sec. 4.1)."""
+        keep = mpn_training_rois(rois, self.mpn_iou_threshold)
+        return head.losses(logits[cat(keep)], [p[k] for p, k in zip(rois, keep)])
+
+    def probs_of(self, logits: torch.Tensor) -> torch.Tensor:
+        """P: a mask head's probability map per RoI (R, Hp, Wp), detached if DETACH_PROBS."""
+        probs = logits[:, 0].sigmoid()
+        return probs.detach() if self.detach_probs else probs
+
+    def forward_with_given_boxes(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
+        instances = super().forward_with_given_boxes(features, instances)
+        for inst in instances:  # the MPN's per-RoI tensors are internal, not outputs
+            for name in (MPN_FEATURES, MPN_PROBS):
+                if inst.has(name):
+                    inst.remove(name)
+        return instances
+
+        return instances
+
+
+@ROI_HEADS_REGISTRY.register()
+class DSGROIHeads(MPNMixin, StandardROIHeads):
+    """Mask R-CNN's ROI heads with DSG's mRPN (MPN), SgRoIAlign (SgRA_B / SgRA_M) and feature fusion (F_B / F_M).
+
+    Training adds ``loss_mpn``. Inference carries each detection's proposal index through box regression
+    and NMS, so the mask branch gets the F_- (and P) of the proposal each detection came from (Sec. 3.3)."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        mpn_pooler: Optional[ROIPooler] = None,
+        mpn: Optional[MaskProposalNetwork] = None,
+        mpn_iou_threshold: float = 0.5,
+        sg_box: bool = False,
+        sg_mask: bool = False,
+        box_fusion: Optional[FeatureFusion] = None,
+        mask_fusion: Optional[FeatureFusion] = None,
+        detach_probs: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if (mpn is None) != (mpn_pooler is None):
+            raise ValueError("DSGROIHeads: the MPN needs its pooler and vice versa")
+        if mpn is None and (sg_box or sg_mask or box_fusion is not None or mask_fusion is not None):
+            raise ValueError("DSGROIHeads: SgRoIAlign and feature fusion need the MPN (MODEL.DSG.MRPN_ON)")
+        if (sg_mask or mask_fusion is not None) and not self.mask_on:
+            raise ValueError("DSGROIHeads: SG_ROI_ALIGN_MASK / FUSE_MASK need MODEL.MASK_ON=True")
+        self.mpn_pooler = mpn_pooler
+        self.mpn = mpn
+        self.mpn_iou_threshold = mpn_iou_threshold
+        self.sg_box = sg_box
+        self.sg_mask = sg_mask
+        self.box_fusion = box_fusion
+        self.mask_fusion = mask_fusion
+        self.detach_probs = detach_probs
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        dsg = cfg.MODEL.DSG
+        check_dsg_switches(dsg)
+        ret = super().from_config(cfg, input_shape)
+        ret.update(cls._init_mpn(cfg, input_shape))
+        if not dsg.MRPN_ON:
+            return ret
+        mpn_dim = ret["mpn"].conv_norm_relus[-1].out_channels
+        k = dsg.FUSION_KERNEL_SIZE
+        box_in = [input_shape[f].channels for f in cfg.MODEL.ROI_HEADS.IN_FEATURES][0]
+        ret["sg_box"] = dsg.SG_ROI_ALIGN_BOX
+        ret["sg_mask"] = dsg.SG_ROI_ALIGN_MASK and cfg.MODEL.MASK_ON
+        if dsg.FUSE_BOX:
+            ret["box_fusion"] = FeatureFusion(mpn_dim, box_in, cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION, k)
+        if dsg.FUSE_MASK and cfg.MODEL.MASK_ON:
+            ret["mask_fusion"] = FeatureFusion(mpn_dim, box_in, cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION, k)
+        return ret
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        ret = super()._init_box_head(cfg, input_shape)
+        if cfg.MODEL.DSG.MRPN_ON and cfg.MODEL.DSG.SG_ROI_ALIGN_BOX:
+            args = pooler_args(cfg, input_shape, cfg.MODEL.ROI_BOX_HEAD)
+            ret["box_pooler"] = build_guided_pooler(cfg.MODEL.DSG.SG_MODE, **args)
+        return ret
+
+    @classmethod
+    def _init_mask_head(cls, cfg, input_shape):
+        ret = super()._init_mask_head(cfg, input_shape)
+        if ret and cfg.MODEL.DSG.MRPN_ON and cfg.MODEL.DSG.SG_ROI_ALIGN_MASK:
+            args = pooler_args(cfg, input_shape, cfg.MODEL.ROI_MASK_HEAD)
+            ret["mask_pooler"] = build_guided_pooler(cfg.MODEL.DSG.SG_MODE, **args)
+        return ret
+
+    # ---------------------------------------------------------------------------------------------
+    def pool_box_features(self, features, boxes, probs, mpn_features):
+        """F_b (SgRoIAlign guided by P when SgRA_B), plus the fused F_- when F_B."""
+        x = [features[f] for f in self.box_in_features]
+        feats = self.box_pooler(x, boxes, probs) if self.sg_box else self.box_pooler(x, boxes)
+        if self.box_fusion is not None:
+            feats = feats + self.box_fusion(mpn_features)
+        return feats
+
+    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
+        if self.mpn is None:
+            return super()._forward_box(features, proposals)
+        boxes = [x.proposal_boxes for x in proposals]
+        logits, mpn_features = self.run_mpn(features, boxes)
+        probs = self.probs_of(logits)
+        box_features = self.box_head(self.pool_box_features(features, boxes, probs, mpn_features))
+        predictions = self.box_predictor(box_features)
+        del box_features
+        sizes = [len(p) for p in proposals]
+        if self.training:
+            losses = {"loss_mpn": self.mask_loss_on_matched(self.mpn, logits, proposals)}
+            losses.update(self.box_predictor.losses(predictions, proposals))
+            if self.train_on_pred_boxes:
+                with torch.no_grad():
+                    pred_boxes = self.box_predictor.predict_boxes_for_gt_classes(predictions, proposals)
+                    for p, b in zip(proposals, pred_boxes):
+                        p.proposal_boxes = Boxes(b)
+            # the mask branch is trained on (the positive subset of) the same RoIs: hand it their F_- and P
+            for p, f, pr in zip(proposals, mpn_features.split(sizes), probs.split(sizes)):
+                p.set(MPN_FEATURES, f)
+                p.set(MPN_PROBS, pr)
+            return losses
+        pred_instances, kept = self.box_predictor.inference(predictions, proposals)
+        kept = proposal_indices(self.box_predictor, predictions, proposals, kept)
+        for inst, k, f, pr in zip(pred_instances, kept, mpn_features.split(sizes), probs.split(sizes)):
+            inst.set(MPN_FEATURES, f[k])  # F_- and P of the proposal each detection was regressed from
+            inst.set(MPN_PROBS, pr[k])
+        return pred_instances
+
+    def _mpn_outputs_for(self, features, instances: List[Instances]):
+        """F_- and P per RoI of ``instances``: carried from the box branch, or (for boxes given from outside,
+        e.g. forward_with_given_boxes) computed by the MPN on the boxes themselves."""
+        if all(i.has(MPN_FEATURES) for i in instances):
+            return cat([i.get(MPN_FEATURES) for i in instances]), cat([i.get(MPN_PROBS) for i in instances])
+        boxes = [x.proposal_boxes if self.training else x.pred_boxes for x in instances]
+        logits, feats = self.run_mpn(features, boxes)
+        return feats, self.probs_of(logits)
+
+    def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
+        if not self.mask_on:
+            return {} if self.training else instances
+        if not (self.sg_mask or self.mask_fusion is not None):
+            out = super()._forward_mask(features, instances)
+        else:
+            if self.training:
+                instances, _ = select_foreground_proposals(instances, self.num_classes)
+            boxes = [x.proposal_boxes if self.training else x.pred_boxes for x in instances]
+            mpn_features, probs = self._mpn_outputs_for(features, instances)
+            x = [features[f] for f in self.mask_in_features]
+            feats = self.mask_pooler(x, boxes, probs) if self.sg_mask else self.mask_pooler(x, boxes)
+            if self.mask_fusion is not None:
+                feats = feats + self.mask_fusion(mpn_features)  # F_m + w F_- (Sec. 3.3)
+            out = self.mask_head(feats, instances)
+        return out
