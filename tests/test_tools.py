@@ -1,0 +1,45 @@
+"""The measurement tools run and print what they promise (JSON with ratios against the first model)."""
+import json
+import os
+
+import pytest
+
+from tests.utils import importorskip_detectron2
+
+importorskip_detectron2()
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_benchmark_inference_json(capsys):
+    from tools import benchmark_inference
+
+    base = os.path.join(ROOT, "configs", "Baselines", "mask_rcnn_R_18_FPN_synthetic.yaml")
+    mp = os.path.join(ROOT, "configs", "MaskPoint", "mask_point_rcnn_R_18_FPN_synthetic.yaml")
+    benchmark_inference.main(["--model", "a", base, "--model", "b", mp, "MODEL.MASK_POINT.NUM_POINTS", "8",
+                              "--size", "64", "64", "--repeats", "1", "--warmup", "0", "--detections", "5",
+                              "--json"])
+    out = json.loads(capsys.readouterr().out)
+    a, b = out["models"]["a"], out["models"]["b"]
+    assert a["ratio_to_a"] == 1.0 and b["ratio_to_a"] == pytest.approx(b["seconds"] / a["seconds"])
+    assert b["params"] > a["params"] and b["params_delta_M"] > 0
+    assert 0 < a["detections"] <= 5 and out["size"] == [64, 64]
+
+
+def test_huddled_eval_tool(tmp_path, capsys):
+    from tests.instseg.test_huddled import _segm_dataset
+    from tools import huddled_eval
+
+    d = _segm_dataset()
+    (tmp_path / "gt.json").write_text(json.dumps(d))
+    res = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9,
+            "segmentation": a["segmentation"]} for a in d["annotations"]]
+    (tmp_path / "a.json").write_text(json.dumps(res[:1]))
+    (tmp_path / "b.json").write_text(json.dumps(res))
+    rows = huddled_eval.main(["--gt-json", str(tmp_path / "gt.json"), "--results", f"a={tmp_path / 'a.json'}",
+                              f"b={tmp_path / 'b.json'}", "--thresholds", "0.0", "0.1"])
+    printed = capsys.readouterr().out
+    assert "| T_O \\ T_P | 0.0 | 0.1 |" in printed
+    assert rows[0]["b/bbox"] == pytest.approx(100.0) and rows[0]["a/bbox"] < 100.0
+    with pytest.raises(SystemExit, match="NAME=PATH"):
+        huddled_eval.main(["--gt-json", str(tmp_path / "gt.json"), "--results", "nameless"])

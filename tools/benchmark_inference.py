@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""End-to-end inference time of whole models on one image size, measured in one run, as ratios.
+
+    python tools/benchmark_inference.py --preset maskpoint --json   # Mask Point / Mask R-CNN, / FUSION=none
+    python tools/benchmark_inference.py --preset dsg                 # DSG / Mask R-CNN (+ parameter counts)
+    python tools/benchmark_inference.py --model a configs/A.yaml --model b configs/B.yaml KEY VALUE
+
+Models are built from their configs (random weights: nothing is downloaded) and run on the same random
+image. So that every model runs its per-detection heads on the same number of RoIs, the box head keeps
+exactly ``--detections`` detections per image (score threshold 0). The models are timed in turns (a, b, c,
+a, b, c, ...) and each one's median is reported; ratios are against the first model.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+MP = "configs/MaskPoint/mask_point_rcnn_R_50_FPN_1x.yaml"
+PRESETS = {
+    "maskpoint": [
+        ["mask_rcnn", "configs/Baselines/mask_rcnn_R_50_FPN_1x.yaml"],
+        ["mask_point", MP],
+        ["mask_point_fusion_none", MP, "MODEL.MASK_POINT.FUSION", "none"],
+    ],
+    "dsg": [
+        ["mask_rcnn", "configs/Baselines/mask_rcnn_R_50_FPN_1x.yaml"],
+        ["dsg", "configs/DSG/dsg_R_50_FPN_1x.yaml"],
+    ],
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a set of models to compare")
+    p.add_argument("--model", nargs="+", action="append", default=[], metavar="NAME CONFIG [KEY VALUE ...]",
+                   help="a model: a name, its config file and config overrides (repeatable)")
+    p.add_argument("--size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"))
+    p.add_argument("--detections", type=int, default=100, help="detections per image kept by every model")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    args.models = (PRESETS[args.preset] if args.preset else []) + args.model
+    if len(args.models) < 1:
+        p.error("give --preset or at least one --model")
+    for m in args.models:
+        if len(m) < 2 or len(m) % 2:
+            p.error(f"--model expects NAME CONFIG [KEY VALUE ...], got {m}")
+    return args
+
+
+def build(spec, detections):
+    import torch
+    from detectron2.modeling import build_model
+
+    from instseg.config import get_cfg
+
+    name, config, *opts = spec
+    cfg = get_cfg()
+    cfg.merge_from_file(config)
+    cfg.merge_from_list(list(opts) + [
+        "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu",
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", str(detections),
+    ])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    return name, model, sum(p.numel() for p in model.parameters())
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    h, w = args.size
+    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    inputs = [{"image": image, "height": h, "width": w}]
+    models = [build(m, args.detections) for m in args.models]
+    times = {name: [] for name, _, _ in models}
+    detections = {}
+    with torch.no_grad():
+        for _ in range(args.warmup):
+            for name, model, _ in models:
+                detections[name] = len(model(inputs)[0]["instances"])
+        for _ in range(args.repeats):
+            for name, model, _ in models:
+                start = time.perf_counter()
+                out = model(inputs)
+                times[name].append(time.perf_counter() - start)
+                detections[name] = len(out[0]["instances"])
+    base = models[0][0]
+    med = {n: statistics.median(t) for n, t in times.items()}
+    result = {
+        "size": [h, w], "threads": torch.get_num_threads(), "repeats": args.repeats,
+        "machine": platform.processor() or platform.machine(),
+        "models": {
+            name: {"seconds": med[name], "ratio_to_" + base: med[name] / med[base], "params": params,
+                   "params_delta_M": (params - models[0][2]) / 1e6, "detections": detections[name],
+                   "config": spec[1], "opts": spec[2:]}
+            for (name, _, params), spec in zip(models, args.models)
+        },
+    }
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"inference at {h}x{w}, {result['threads']} threads, median of {args.repeats}")
+        for name, r in result["models"].items():
+            print(f"  {name:28s} {r['seconds']:8.3f} s  x{r['ratio_to_' + base]:.3f} vs {base}  "
+                  f"params {r['params'] / 1e6:.2f}M ({r['params_delta_M']:+.2f}M)  detections {r['detections']}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
