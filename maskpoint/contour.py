@@ -11,7 +11,7 @@ its top-most (then left-most) pixel and runs clockwise as seen on screen (y poin
 ordered by that start pixel (top first, then left); the centre point comes last. Holes do not contribute.
 """
 import heapq
-from typing import List, Optional, Union
+from typing import List, Union
 
 import cv2
 import numpy as np

@@ -1,14 +1,11 @@
 """Contour-keypoint AP (Table VII's AP_keypoint): COCO keypoint evaluation of the predicted contour points
 against contour points sampled, the same way as the training targets, from the ground-truth masks."""
 import copy
-import logging
 
 import numpy as np
 from detectron2.evaluation import COCOEvaluator
 
 from .contour import sample_contour_points
-
-logger = logging.getLogger(__name__)
 
 
 class ContourKeypointEvaluator(COCOEvaluator):

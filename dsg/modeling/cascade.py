@@ -21,13 +21,12 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads
 from detectron2.modeling.roi_heads.cascade_rcnn import _ScaleGradient
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from .heads import FeatureFusion, FeatureMaskRCNNHead
-from .poolers import build_guided_pooler, pooler_args
-from .roi_heads import MPN_FEATURES, MPN_PROBS, MPNMixin, check_dsg_switches
+from .roi_heads import MPN_FEATURES, MPN_PROBS, MPNMixin, check_dsg_switches, kept_to_proposal_indices
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -95,24 +94,12 @@ class CascadeDSGROIHeads(MPNMixin, CascadeROIHeads):
             ret["mask_fusions"] = [FeatureFusion(d, in_channels, res, k) for d in dims]
         return ret
 
-    @classmethod
-    def _init_box_head(cls, cfg, input_shape):
-        ret = super()._init_box_head(cfg, input_shape)
-        if cfg.MODEL.DSG.SG_ROI_ALIGN_BOX:
-            args = pooler_args(cfg, input_shape, cfg.MODEL.ROI_BOX_HEAD)
-            ret["box_pooler"] = build_guided_pooler(cfg.MODEL.DSG.SG_MODE, **args)
-        return ret
-
     # ---------------------------------------------------------------------------------------------
     def _run_stage(self, features, proposals, stage, probs=None, prev_features=None):
         """Box head ``stage`` on its RoIs, guided by the previous mask prediction P and fused with F_-."""
         boxes = [x.proposal_boxes for x in proposals]
-        if self.sg_box:
-            box_features = self.box_pooler(features, boxes, probs)
-        else:
-            box_features = self.box_pooler(features, boxes)
-        if self.box_fusions is not None:
-            box_features = box_features + self.box_fusions[stage](prev_features)
+        fusion = self.box_fusions[stage] if self.box_fusions is not None else None
+        box_features = self.pool_guided(self.box_pooler, features, boxes, probs, self.sg_box, fusion, prev_features)
         if self.training:
             box_features = _ScaleGradient.apply(box_features, 1.0 / self.num_cascade_stages)
         box_features = self.box_head[stage](box_features)
@@ -120,10 +107,9 @@ class CascadeDSGROIHeads(MPNMixin, CascadeROIHeads):
 
     def _run_mask_head(self, features, head, stage, boxes: List[Boxes], prev_features):
         """Mask head ``stage`` on RoIs ``boxes``: logits and its F_- (Eq. 3, second line)."""
-        x = self.mask_pooler([features[f] for f in self.mask_in_features], boxes)
-        if self.mask_fusions is not None:
-            x = x + self.mask_fusions[stage](prev_features)
-        return head.layers_with_features(x)
+        x = [features[f] for f in self.mask_in_features]
+        fusion = self.mask_fusions[stage] if self.mask_fusions is not None else None
+        return head.layers_with_features(self.pool_guided(self.mask_pooler, x, boxes, None, False, fusion, prev_features))
 
     def _next_rois(self, boxes: List[torch.Tensor], image_sizes):
         """The regressed boxes as the next RoIs, and per image the indices of the ones kept (training drops
@@ -143,8 +129,6 @@ class CascadeDSGROIHeads(MPNMixin, CascadeROIHeads):
     def _match_and_label_boxes(self, proposals, stage, targets):
         proposals = super()._match_and_label_boxes(proposals, stage, targets)
         # the mask heads are trained on these RoIs too: they need their matched ground-truth masks
-        from detectron2.structures import pairwise_iou
-
         for p, t in zip(proposals, targets):
             if len(t) > 0 and t.has("gt_masks") and len(p) > 0:
                 idx = pairwise_iou(t.gt_boxes, p.proposal_boxes).argmax(dim=0)
@@ -192,10 +176,8 @@ class CascadeDSGROIHeads(MPNMixin, CascadeROIHeads):
             predictor.test_topk_per_image,
         )
         sizes = [len(p) for p in props]
-        for inst, k, b, s, f, pr in zip(pred_instances, kept, boxes, scores, last_feat.split(sizes),
-                                        last_probs.split(sizes)):
-            valid = torch.isfinite(b).all(dim=1) & torch.isfinite(s).all(dim=1)
-            k = k if bool(valid.all()) else valid.nonzero().squeeze(1)[k]
+        kept = kept_to_proposal_indices(boxes, scores, kept)
+        for inst, k, f, pr in zip(pred_instances, kept, last_feat.split(sizes), last_probs.split(sizes)):
             inst.set(MPN_FEATURES, f[k])  # F_-^{T-1} of the RoI each detection was regressed from
             inst.set(MPN_PROBS, pr[k])
         return pred_instances

@@ -14,7 +14,6 @@ from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads, select_foreground_proposals
 from detectron2.structures import Boxes, Instances
 from detectron2.structures.boxes import matched_pairwise_iou
-from torch import nn
 
 from .heads import FeatureFusion, MaskProposalNetwork
 from .poolers import build_guided_pooler, pooler_args
@@ -44,18 +43,24 @@ def mpn_training_rois(proposals: List[Instances], iou_threshold: float) -> List[
     return out
 
 
-def proposal_indices(box_predictor, predictions, proposals, kept: List[torch.Tensor]) -> List[torch.Tensor]:
-    """Map the kept indices of ``fast_rcnn_inference`` to indices into each image's proposals.
+def kept_to_proposal_indices(boxes, scores, kept: List[torch.Tensor]) -> List[torch.Tensor]:
+    """Map the kept indices that ``fast_rcnn_inference(boxes, scores, ...)`` returns to indices into each
+    image's rows of ``boxes`` / ``scores`` (its proposals).
 
     detectron2 drops proposals with non-finite boxes or scores before filtering, so its indices count only
     the finite rows; undo that here so that each detection finds the proposal it was regressed from."""
-    boxes = box_predictor.predict_boxes(predictions, proposals)
-    scores = box_predictor.predict_probs(predictions, proposals)
     out = []
     for b, s, k in zip(boxes, scores, kept):
         valid = torch.isfinite(b).all(dim=1) & torch.isfinite(s).all(dim=1)
         out.append(k if bool(valid.all()) else valid.nonzero().squeeze(1)[k])
     return out
+
+
+def proposal_indices(box_predictor, predictions, proposals, kept: List[torch.Tensor]) -> List[torch.Tensor]:
+    """``kept_to_proposal_indices`` for the kept indices of ``box_predictor.inference(predictions, proposals)``."""
+    boxes = box_predictor.predict_boxes(predictions, proposals)
+    scores = box_predictor.predict_probs(predictions, proposals)
+    return kept_to_proposal_indices(boxes, scores, kept)
 
 
 class MPNMixin:
@@ -96,14 +101,29 @@ class MPNMixin:
         probs = logits[:, 0].sigmoid()
         return probs.detach() if self.detach_probs else probs
 
+    @staticmethod
+    def pool_guided(pooler, x, boxes, probs, guided: bool, fusion, mpn_features):
+        """RoI features from ``pooler``, guided by P when ``guided`` (SgRoIAlign, Sec. 3.4), plus the fused
+        F_- when there is a ``fusion`` (Sec. 3.3)."""
+        feats = pooler(x, boxes, probs) if guided else pooler(x, boxes)
+        if fusion is not None:
+            feats = feats + fusion(mpn_features)
+        return feats
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        ret = super()._init_box_head(cfg, input_shape)
+        if cfg.MODEL.DSG.MRPN_ON and cfg.MODEL.DSG.SG_ROI_ALIGN_BOX:
+            args = pooler_args(cfg, input_shape, cfg.MODEL.ROI_BOX_HEAD)
+            ret["box_pooler"] = build_guided_pooler(cfg.MODEL.DSG.SG_MODE, **args)
+        return ret
+
     def forward_with_given_boxes(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
         instances = super().forward_with_given_boxes(features, instances)
         for inst in instances:  # the MPN's per-RoI tensors are internal, not outputs
             for name in (MPN_FEATURES, MPN_PROBS):
                 if inst.has(name):
                     inst.remove(name)
-        return instances
-
         return instances
 
 
@@ -164,14 +184,6 @@ class DSGROIHeads(MPNMixin, StandardROIHeads):
         return ret
 
     @classmethod
-    def _init_box_head(cls, cfg, input_shape):
-        ret = super()._init_box_head(cfg, input_shape)
-        if cfg.MODEL.DSG.MRPN_ON and cfg.MODEL.DSG.SG_ROI_ALIGN_BOX:
-            args = pooler_args(cfg, input_shape, cfg.MODEL.ROI_BOX_HEAD)
-            ret["box_pooler"] = build_guided_pooler(cfg.MODEL.DSG.SG_MODE, **args)
-        return ret
-
-    @classmethod
     def _init_mask_head(cls, cfg, input_shape):
         ret = super()._init_mask_head(cfg, input_shape)
         if ret and cfg.MODEL.DSG.MRPN_ON and cfg.MODEL.DSG.SG_ROI_ALIGN_MASK:
@@ -180,21 +192,15 @@ class DSGROIHeads(MPNMixin, StandardROIHeads):
         return ret
 
     # ---------------------------------------------------------------------------------------------
-    def pool_box_features(self, features, boxes, probs, mpn_features):
-        """F_b (SgRoIAlign guided by P when SgRA_B), plus the fused F_- when F_B."""
-        x = [features[f] for f in self.box_in_features]
-        feats = self.box_pooler(x, boxes, probs) if self.sg_box else self.box_pooler(x, boxes)
-        if self.box_fusion is not None:
-            feats = feats + self.box_fusion(mpn_features)
-        return feats
-
     def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
         if self.mpn is None:
             return super()._forward_box(features, proposals)
         boxes = [x.proposal_boxes for x in proposals]
         logits, mpn_features = self.run_mpn(features, boxes)
         probs = self.probs_of(logits)
-        box_features = self.box_head(self.pool_box_features(features, boxes, probs, mpn_features))
+        x = [features[f] for f in self.box_in_features]
+        box_features = self.pool_guided(self.box_pooler, x, boxes, probs, self.sg_box, self.box_fusion, mpn_features)
+        box_features = self.box_head(box_features)
         predictions = self.box_predictor(box_features)
         del box_features
         sizes = [len(p) for p in proposals]
@@ -238,8 +244,6 @@ class DSGROIHeads(MPNMixin, StandardROIHeads):
             boxes = [x.proposal_boxes if self.training else x.pred_boxes for x in instances]
             mpn_features, probs = self._mpn_outputs_for(features, instances)
             x = [features[f] for f in self.mask_in_features]
-            feats = self.mask_pooler(x, boxes, probs) if self.sg_mask else self.mask_pooler(x, boxes)
-            if self.mask_fusion is not None:
-                feats = feats + self.mask_fusion(mpn_features)  # F_m + w F_- (Sec. 3.3)
-            out = self.mask_head(feats, instances)
+            feats = self.pool_guided(self.mask_pooler, x, boxes, probs, self.sg_mask, self.mask_fusion, mpn_features)
+            out = self.mask_head(feats, instances)  # on F_m (+ w F_-)
         return out

@@ -18,44 +18,51 @@ import numpy as np
 THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
-def _xywh_iou(boxes: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of (N, 4) XYWH boxes; zero-area boxes have IoU 0 with everything."""
-    x0, y0 = boxes[:, 0], boxes[:, 1]
-    x1, y1 = x0 + boxes[:, 2], y0 + boxes[:, 3]
-    area = np.clip(boxes[:, 2], 0, None) * np.clip(boxes[:, 3], 0, None)
-    iw = np.clip(np.minimum(x1[:, None], x1[None]) - np.maximum(x0[:, None], x0[None]), 0, None)
-    ih = np.clip(np.minimum(y1[:, None], y1[None]) - np.maximum(y0[:, None], y0[None]), 0, None)
-    inter = iw * ih
-    union = area[:, None] + area[None] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+def _max_other_iou(boxes_xywh: Sequence[Sequence[float]]) -> np.ndarray:
+    """Per instance, its largest box IoU with another instance of the image (0 for a lone instance;
+    zero-area boxes overlap nothing), with pycocotools' box IoU."""
+    from pycocotools import mask as mask_util
+
+    boxes = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
+    if len(boxes) < 2:
+        return np.zeros(len(boxes))
+    iou = np.asarray(mask_util.iou(boxes, boxes, [0] * len(boxes)))
+    np.fill_diagonal(iou, -np.inf)
+    return iou.max(axis=1)
+
+
+def _fraction(max_other: np.ndarray, t_o: float) -> Optional[float]:
+    return float((max_other > t_o).mean()) if len(max_other) else None
 
 
 def huddled_fraction(boxes_xywh: Sequence[Sequence[float]], t_o: float) -> Optional[float]:
     """Fraction of an image's instances whose box IoU with another instance is > t_o (None: no instance).
     A lone instance's overlap with "another instance" is taken as 0."""
-    boxes = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
-    if len(boxes) == 0:
-        return None
-    iou = _xywh_iou(boxes)
-    np.fill_diagonal(iou, -np.inf)
-    max_other = iou.max(axis=1) if len(boxes) > 1 else np.zeros(1)
-    max_other = np.where(np.isfinite(max_other), max_other, 0.0)
-    return float((max_other > t_o).mean())
+    return _fraction(_max_other_iou(boxes_xywh), t_o)
+
+
+def _image_overlaps(coco_dict: dict) -> Dict[int, np.ndarray]:
+    """Image id -> the max-other-IoU of each of its (non-crowd) instances, in image order."""
+    boxes: Dict[int, list] = {img["id"]: [] for img in coco_dict["images"]}
+    for ann in coco_dict["annotations"]:
+        if not ann.get("iscrowd", 0):
+            boxes.setdefault(ann["image_id"], []).append(ann["bbox"])
+    return {img["id"]: _max_other_iou(boxes[img["id"]]) for img in coco_dict["images"]}
+
+
+def _select(overlaps: Dict[int, np.ndarray], t_o: float, t_p: float) -> List[int]:
+    out = []
+    for image_id, max_other in overlaps.items():
+        frac = _fraction(max_other, t_o)
+        if frac is not None and frac > t_p:
+            out.append(image_id)
+    return out
 
 
 def select_huddled_images(coco_dict: dict, t_o: float, t_p: float) -> List[int]:
     """Ids of the images whose fraction of huddled instances (box IoU > ``t_o`` with another instance of
     the image) is > ``t_p``. Crowd annotations are not instances; images without instances are never kept."""
-    boxes: Dict[int, list] = {img["id"]: [] for img in coco_dict["images"]}
-    for ann in coco_dict["annotations"]:
-        if not ann.get("iscrowd", 0):
-            boxes.setdefault(ann["image_id"], []).append(ann["bbox"])
-    out = []
-    for img in coco_dict["images"]:
-        frac = huddled_fraction(boxes[img["id"]], t_o)
-        if frac is not None and frac > t_p:
-            out.append(img["id"])
-    return out
+    return _select(_image_overlaps(coco_dict), t_o, t_p)
 
 
 def _coco(coco_dict: dict):
@@ -80,7 +87,8 @@ def instance_mean_ap(coco_gt, results: List[dict], iou_type: str, img_ids: Seque
         counts[ann["category_id"]] = counts.get(ann["category_id"], 0) + 1
     if not counts:
         return float("nan")
-    res = [r for r in results if r["image_id"] in set(img_ids)]
+    wanted = set(img_ids)
+    res = [r for r in results if r["image_id"] in wanted]
     if iou_type == "segm":
         res = [{k: v for k, v in r.items() if k != "bbox"} for r in res]  # mask area, as detectron2 does
     if not res:
@@ -109,11 +117,12 @@ def huddled_grid(coco_dict: dict, results: Dict[str, List[dict]], thresholds=THR
     """For every (T_O, T_P) (plus T_O = -1, T_P = 0: the whole set), the number of selected images and
     instances and, per model in ``results`` (name -> COCO results), the mean-over-instances AP per IoU type."""
     gt = _coco(coco_dict)
+    overlaps = _image_overlaps(coco_dict)  # the IoUs do not depend on the thresholds: once
     cells = [(-1.0, 0.0)] if include_all else []
     cells += [(t_o, t_p) for t_o in thresholds for t_p in thresholds]
     rows = []
     for t_o, t_p in cells:
-        ids = select_huddled_images(coco_dict, t_o, t_p)
+        ids = _select(overlaps, t_o, t_p)
         row = {"t_o": t_o, "t_p": t_p, "images": len(ids),
                "instances": len(gt.getAnnIds(imgIds=ids, iscrowd=False)) if ids else 0}
         for name, res in results.items():

@@ -2,7 +2,6 @@
 SgRoIAlign into the MPN, Cascade DSG (Eq. 3), proposal indices through inference, DefaultPredictor."""
 import os
 
-import numpy as np
 import pytest
 import torch
 
