@@ -11,6 +11,8 @@ from detectron2.structures import Instances
 from torch import nn
 from torch.nn import functional as F
 
+from instseg.layers import upsample_and_predict
+
 
 @ROI_MASK_HEAD_REGISTRY.register()
 class FeatureMaskRCNNHead(MaskRCNNConvUpsampleHead):
@@ -22,9 +24,8 @@ class FeatureMaskRCNNHead(MaskRCNNConvUpsampleHead):
         """(mask logits (R, C, 2S, 2S), F_- (R, D, S, S)) for RoI features x (R, Cin, S, S)."""
         for conv in self.conv_norm_relus:
             x = conv(x)
-        feat = x
-        x = self.deconv_relu(self.deconv(x))
-        return self.predictor(x), feat
+        # predictor(relu(deconv(F_-))) as matrix products: same function, about half the CPU time
+        return upsample_and_predict(x, self.deconv, self.predictor), x
 
     def layers(self, x):
         return self.layers_with_features(x)[0]
