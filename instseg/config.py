@@ -5,6 +5,7 @@ import importlib.util
 
 from detectron2.config import get_cfg as _d2_get_cfg
 
+import instseg.modeling  # noqa: F401  (registers instseg's backbones)
 from instseg.data.config import add_synthetic_config
 
 # (package, function) of every method; packages that are not there yet are skipped

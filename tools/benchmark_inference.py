@@ -2,7 +2,7 @@
 """End-to-end inference time of whole models on one image size, measured in one run, as ratios.
 
     python tools/benchmark_inference.py --preset maskpoint --json   # Mask Point / Mask R-CNN, / FUSION=none
-    python tools/benchmark_inference.py --preset dsg                 # DSG / Mask R-CNN (+ parameter counts)
+    python tools/benchmark_inference.py --preset dsg                 # DSG, DSG light / Mask R-CNN (+ params)
     python tools/benchmark_inference.py --model a configs/A.yaml --model b configs/B.yaml KEY VALUE
 
 Models are built from their configs (random weights: nothing is downloaded) and run on the same random
@@ -29,7 +29,12 @@ PRESETS = {
     ],
     "dsg": [
         ["mask_rcnn", "configs/Baselines/mask_rcnn_R_50_FPN_1x.yaml"],
+        # Mask R-CNN with the mask-head tail DSG's heads use (instseg.layers.upsample_and_predict): the
+        # same function, so DSG's ratio can also be read against it
+        ["mask_rcnn_matmul_tail", "configs/Baselines/mask_rcnn_R_50_FPN_1x.yaml",
+         "MODEL.ROI_MASK_HEAD.NAME", "FeatureMaskRCNNHead"],
         ["dsg", "configs/DSG/dsg_R_50_FPN_1x.yaml"],
+        ["dsg_light", "configs/DSG/dsg_light_R_50_FPN_1x.yaml"],
     ],
 }
 

@@ -86,6 +86,31 @@ def test_dsg_table1_rows_build_and_train_a_step(row):
     assert set(out[0]["instances"].get_fields()) == {"pred_boxes", "scores", "pred_classes", "pred_masks"}
 
 
+@pytest.mark.parametrize("sg_mask", [False, True])
+def test_light_mpn_7x7_rois_trains_and_predicts(sg_mask):
+    """configs/DSG/dsg_light_*: the MPN on 7x7 RoIs gives P 14x14 (guiding the 7x7 box pooling and, with
+    SgRA_M, the 14x14 mask pooling) and F_- 7x7, which F_M brings to the mask head's 14x14 features."""
+    light = os.path.join(ROOT, "configs", "DSG", "dsg_light_R_18_FPN_synthetic.yaml")
+    cfg = get_cfg()
+    cfg.merge_from_file(light)
+    cfg.merge_from_list(TINY + ["MODEL.DSG.SG_ROI_ALIGN_MASK", str(sg_mask)])
+    assert (cfg.MODEL.DSG.MPN_POOLER_RESOLUTION, cfg.MODEL.DSG.MPN_NUM_CONV) == (7, 1)
+    model, losses = train_step(cfg, synthetic_batch(2, empty=(1,)))
+    assert all(torch.isfinite(v) for v in losses.values()) and "loss_mpn" in losses
+    sum(losses.values()).backward()
+    rh = model.roi_heads
+    assert rh.mpn.predictor.weight.grad.abs().sum() > 0
+    x = torch.randn(3, cfg.MODEL.FPN.OUT_CHANNELS, 7, 7)
+    logits, feat = rh.mpn.layers_with_features(x)
+    assert logits.shape == (3, 1, 14, 14) and feat.shape == (3, cfg.MODEL.DSG.MPN_CONV_DIM, 7, 7)
+    assert rh.mask_fusion(feat).shape[-2:] == (14, 14)
+    model.eval()
+    with torch.no_grad():
+        out = model([{k: v for k, v in d.items() if k != "instances"} for d in synthetic_batch(1, empty=())])
+    inst = out[0]["instances"]
+    assert len(inst) > 0 and inst.pred_masks.shape[-2:] == (96, 96)
+
+
 def test_dsg_row0_is_mask_rcnn():
     cfg = make_cfg(*row_opts(TABLE1[0]))
     model = build_model(cfg)

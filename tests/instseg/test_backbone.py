@@ -1,0 +1,57 @@
+"""instseg.modeling.build_basic_resnet_fpn_backbone: ResNet-18/34 of any width with FPN."""
+import pytest
+import torch
+
+from tests.utils import importorskip_detectron2
+
+importorskip_detectron2()
+
+from detectron2.layers import ShapeSpec  # noqa: E402
+from detectron2.modeling import build_backbone  # noqa: E402
+
+from instseg.config import get_cfg  # noqa: E402
+
+
+def _cfg(name, depth=18, width=64):
+    cfg = get_cfg()
+    cfg.merge_from_file("configs/Baselines/mask_rcnn_R_18_FPN_synthetic.yaml")
+    cfg.MODEL.BACKBONE.NAME = name
+    cfg.MODEL.RESNETS.DEPTH = depth
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = width
+    return cfg
+
+
+@pytest.mark.parametrize("depth", [18, 34])
+def test_width_64_is_detectron2s_resnet_fpn(depth):
+    ours = build_backbone(_cfg("build_basic_resnet_fpn_backbone", depth))
+    theirs = build_backbone(_cfg("build_resnet_fpn_backbone", depth))
+    assert ours.output_shape() == theirs.output_shape()
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == [(n, p.shape) for n, p in theirs.named_parameters()]
+    # same parameters -> same features
+    ours.load_state_dict(theirs.state_dict())
+    ours.eval(), theirs.eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        a, b = ours(x), theirs(x)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+
+
+def test_half_width_has_a_quarter_of_the_backbone():
+    full = build_backbone(_cfg("build_basic_resnet_fpn_backbone", width=64)).bottom_up
+    half = build_backbone(_cfg("build_basic_resnet_fpn_backbone", width=32))
+    stages = {n: p.numel() for n, p in half.bottom_up.named_parameters() if not n.startswith("stem")}
+    stages_full = {n: p.numel() for n, p in full.named_parameters() if not n.startswith("stem")}
+    assert sum(stages.values()) / sum(stages_full.values()) == pytest.approx(0.25, rel=0.02)
+    shapes = half.output_shape()
+    assert {k: v.stride for k, v in shapes.items()} == {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
+    assert {v.channels for v in shapes.values()} == {64}  # the FPN keeps its width
+    out = half(torch.randn(2, 3, 64, 64))
+    assert out["p2"].shape == (2, 64, 16, 16) and out["p6"].shape == (2, 64, 1, 1)
+    assert half.bottom_up.res5[0].conv1.out_channels == 256
+
+
+@pytest.mark.parametrize("depth,width,match", [(50, 64, "DEPTH 18 or 34"), (18, 0, "RES2_OUT_CHANNELS")])
+def test_bad_config(depth, width, match):
+    with pytest.raises(ValueError, match=match):
+        build_backbone(_cfg("build_basic_resnet_fpn_backbone", depth, width), ShapeSpec(channels=3))
