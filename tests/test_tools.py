@@ -43,3 +43,16 @@ def test_huddled_eval_tool(tmp_path, capsys):
     assert rows[0]["b/bbox"] == pytest.approx(100.0) and rows[0]["a/bbox"] < 100.0
     with pytest.raises(SystemExit, match="NAME=PATH"):
         huddled_eval.main(["--gt-json", str(tmp_path / "gt.json"), "--results", "nameless"])
+
+
+@pytest.mark.parametrize("ground_truth", [True, False])
+def test_demo_renders_a_grid(tmp_path, datasets_dir, ground_truth):
+    from tests.utils import TINY
+    from tools import demo
+
+    out = tmp_path / "demo.png"
+    cfg = os.path.join(ROOT, "configs", "Baselines", "mask_rcnn_R_18_FPN_synthetic.yaml")
+    grid = demo.main(["--config-file", cfg, "--num-images", "3", "--columns", "2", "--output", str(out)]
+                     + (["--ground-truth"] if ground_truth else ["--score-threshold", "0.0"]) + TINY)
+    assert out.exists() and grid.shape == (2 * 2 * 96, 2 * 2 * 96, 3)  # 2 rows x 2 columns at scale 2
+    assert grid[: 2 * 96, : 2 * 96].std() > 0 and grid[2 * 96 :, 2 * 96 :].max() == 0  # 3 tiles, one empty

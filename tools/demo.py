@@ -14,6 +14,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+SEGMENTATION_KEYS = ("sem_seg_file_name", "pan_seg_file_name", "segments_info")
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,7 +58,9 @@ def main(argv=None):
         img = cv2.imread(d["file_name"])
         vis = Visualizer(img[:, :, ::-1], meta, scale=2.0, instance_mode=ColorMode.IMAGE)
         if predictor is None:
-            out = vis.draw_dataset_dict(d)
+            # the instances only: the synthetic dicts also name their stuff segmentation, which an instance
+            # dataset's metadata has no classes for
+            out = vis.draw_dataset_dict({k: v for k, v in d.items() if k not in SEGMENTATION_KEYS})
         else:
             out = vis.draw_instance_predictions(predictor(img)["instances"].to("cpu"))
         tiles.append(out.get_image()[:, :, ::-1])
@@ -69,6 +73,7 @@ def main(argv=None):
         grid[r * h : r * h + t.shape[0], c * w : c * w + t.shape[1]] = t
     cv2.imwrite(args.output, grid)
     print(f"wrote {args.output} ({len(tiles)} images of {name})")
+    return grid
 
 
 if __name__ == "__main__":
