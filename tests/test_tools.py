@@ -26,6 +26,25 @@ def test_benchmark_inference_json(capsys):
     assert 0 < a["detections"] <= 5 and out["size"] == [64, 64]
 
 
+def test_benchmark_inference_loads_given_weights(tmp_path):
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from tools import benchmark_inference
+
+    cfg = os.path.join(ROOT, "configs", "Baselines", "mask_rcnn_R_18_FPN_synthetic.yaml")
+    _, random_model, _ = benchmark_inference.build(["a", cfg], 5)
+    assert not random_model.trained
+    with torch.no_grad():
+        for p in random_model.parameters():
+            p.add_(1.0)
+    DetectionCheckpointer(random_model, save_dir=str(tmp_path)).save("w")
+    _, loaded, _ = benchmark_inference.build(["b", cfg, "MODEL.WEIGHTS", str(tmp_path / "w.pth")], 5)
+    assert loaded.trained
+    for (n, a), (_, b) in zip(random_model.state_dict().items(), loaded.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=n)
+
+
 def test_huddled_eval_tool(tmp_path, capsys):
     from tests.instseg.test_huddled import _segm_dataset
     from tools import huddled_eval

@@ -5,10 +5,11 @@
     python tools/benchmark_inference.py --preset dsg                 # DSG, DSG light / Mask R-CNN (+ params)
     python tools/benchmark_inference.py --model a configs/A.yaml --model b configs/B.yaml KEY VALUE
 
-Models are built from their configs (random weights: nothing is downloaded) and run on the same random
-image. So that every model runs its per-detection heads on the same number of RoIs, the box head keeps
-exactly ``--detections`` detections per image (score threshold 0). The models are timed in turns (a, b, c,
-a, b, c, ...) and each one's median is reported; ratios are against the first model.
+Models are built from their configs (random weights: nothing is downloaded, unless a model's overrides
+give MODEL.WEIGHTS) and run on the same random image. So that every model runs its per-detection heads on
+the same number of RoIs, the box head keeps exactly ``--detections`` detections per image (score threshold
+0). The models are timed in turns (a, b, c, a, b, c, ...) and each one's median is reported; ratios are
+against the first model.
 """
 import argparse
 import json
@@ -75,6 +76,13 @@ def build(spec, detections):
     ])
     torch.manual_seed(0)
     model = build_model(cfg).eval()
+    # random weights unless the opts name a checkpoint (e.g. a trained synthetic model)
+    weights = dict(zip(opts[::2], opts[1::2])).get("MODEL.WEIGHTS", "")
+    if weights:
+        from detectron2.checkpoint import DetectionCheckpointer
+
+        DetectionCheckpointer(model).load(weights)
+    model.trained = bool(weights)
     return name, model, sum(p.numel() for p in model.parameters())
 
 
@@ -114,7 +122,8 @@ def main(argv=None):
     inputs = [{"image": image, "height": h, "width": w}]
     models = [build(m, args.detections) for m in args.models]
     for _, model, _ in models:
-        calibrate_frozen_bn(model, inputs)
+        if not model.trained:
+            calibrate_frozen_bn(model, inputs)
     times = {name: [] for name, _, _ in models}
     detections = {}
     with torch.no_grad():
