@@ -12,27 +12,19 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def _is_2x_deconv(deconv: nn.Module) -> bool:
+def _is_plain(m: nn.Module, cls, kernel: int) -> bool:
+    """``m`` is a ``cls`` with a ``kernel`` x ``kernel`` window moved by its own size, no padding, dilation,
+    groups, norm or activation: then every output pixel is a matrix product of one input pixel."""
     return (
-        isinstance(deconv, nn.ConvTranspose2d)
-        and tuple(deconv.kernel_size) == (2, 2)
-        and tuple(deconv.stride) == (2, 2)
-        and tuple(deconv.padding) == (0, 0)
-        and tuple(deconv.output_padding) == (0, 0)
-        and tuple(deconv.dilation) == (1, 1)
-        and deconv.groups == 1
-    )
-
-
-def _is_1x1_conv(conv: nn.Module) -> bool:
-    return (
-        isinstance(conv, nn.Conv2d)
-        and tuple(conv.kernel_size) == (1, 1)
-        and tuple(conv.stride) == (1, 1)
-        and tuple(conv.padding) == (0, 0)
-        and conv.groups == 1
-        and getattr(conv, "norm", None) is None
-        and getattr(conv, "activation", None) is None
+        isinstance(m, cls)
+        and tuple(m.kernel_size) == (kernel, kernel)
+        and tuple(m.stride) == (kernel, kernel)
+        and tuple(m.padding) == (0, 0)
+        and tuple(getattr(m, "output_padding", (0, 0))) == (0, 0)
+        and tuple(m.dilation) == (1, 1)
+        and m.groups == 1
+        and getattr(m, "norm", None) is None
+        and getattr(m, "activation", None) is None
     )
 
 
@@ -41,21 +33,18 @@ def upsample_and_predict(x: torch.Tensor, deconv: nn.Module, predictor: nn.Modul
 
     Uses the matrix-product form when ``deconv`` is a 2x2 stride-2 ConvTranspose2d and ``predictor`` a
     plain 1x1 Conv2d (detectron2's mask head); any other pair runs as the modules themselves."""
-    if not (_is_2x_deconv(deconv) and _is_1x1_conv(predictor)) or x.dim() != 4:
+    if x.dim() != 4 or not (_is_plain(deconv, nn.ConvTranspose2d, 2) and _is_plain(predictor, nn.Conv2d, 1)):
         return predictor(F.relu(deconv(x)))
     r, d_in, h, w = x.shape
     d_out, c = deconv.out_channels, predictor.out_channels
     # (D_in, D_out, 2, 2) -> (D_in, 2, 2, D_out): each input pixel gives its 2x2 output pixels' features
     wd = deconv.weight.permute(0, 2, 3, 1).reshape(d_in, 4 * d_out)
     pix = x.permute(0, 2, 3, 1).reshape(r * h * w, d_in)
-    up = pix @ wd  # (R*S*S, 4*D_out)
-    up = up.view(r * h * w * 4, d_out)
-    if deconv.bias is not None:
-        up = up + deconv.bias
-    up = F.relu(up)
-    logits = up @ predictor.weight.view(c, d_out).t()  # (R*S*S*4, C)
-    if predictor.bias is not None:
-        logits = logits + predictor.bias
+    # one (R*S*S, 4*D_out) buffer, biased by addmm and rectified in place (neither product needs it back)
+    up = pix @ wd if deconv.bias is None else torch.addmm(deconv.bias.repeat(4), pix, wd)
+    up = up.relu_().view(r * h * w * 4, d_out)
+    pw = predictor.weight.view(c, d_out).t()
+    logits = up @ pw if predictor.bias is None else torch.addmm(predictor.bias, up, pw)  # (R*S*S*4, C)
     # (R, S, S, 2, 2, C) -> (R, C, S, 2, S, 2) -> (R, C, 2S, 2S)
     logits = logits.view(r, h, w, 2, 2, c).permute(0, 5, 1, 3, 2, 4)
     return logits.reshape(r, c, 2 * h, 2 * w)

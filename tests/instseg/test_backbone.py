@@ -1,4 +1,6 @@
 """instseg.modeling.build_basic_resnet_fpn_backbone: ResNet-18/34 of any width with FPN."""
+import os
+
 import pytest
 import torch
 
@@ -11,10 +13,12 @@ from detectron2.modeling import build_backbone  # noqa: E402
 
 from instseg.config import get_cfg  # noqa: E402
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def _cfg(name, depth=18, width=64):
     cfg = get_cfg()
-    cfg.merge_from_file("configs/Baselines/mask_rcnn_R_18_FPN_synthetic.yaml")
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "Baselines", "mask_rcnn_R_18_FPN_synthetic.yaml"))
     cfg.MODEL.BACKBONE.NAME = name
     cfg.MODEL.RESNETS.DEPTH = depth
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = width
