@@ -8,6 +8,10 @@ PIP := $(PY) -m pip
 CONFIG ?= configs/Baselines/mask_rcnn_R_18_FPN_synthetic.yaml
 OUTPUT_DIR ?= output/make_train
 TRAIN_ARGS ?=
+# training processes (detectron2's --num-gpus): 1 on a GPU; on a CPU-only machine with at least 2 cores,
+# 2 processes (gloo) that split the cores, which trains 1.15x faster than one process using them all
+# (measured on 2 cores: 0.466 vs 0.535 s/it)
+TRAIN_PROCS ?= $(shell $(PY) -c 'import os, torch; print(1 if torch.cuda.is_available() else min(2, len(os.sched_getaffinity(0))))' 2>/dev/null || echo 1)
 PYTEST_ARGS ?=
 # detectron2 is not on the package registry: it comes from $(DETECTRON2_SRC) (a local checkout) when
 # set, otherwise from its official source.
@@ -49,7 +53,7 @@ require-detectron2:
 	  echo "make train: detectron2 is required for training; see the message above." >&2; exit 1; }
 
 train: venv require-detectron2
-	$(PY) train_net.py --config-file $(CONFIG) OUTPUT_DIR $(OUTPUT_DIR) $(TRAIN_ARGS)
+	$(PY) train_net.py --config-file $(CONFIG) --num-gpus $(TRAIN_PROCS) OUTPUT_DIR $(OUTPUT_DIR) $(TRAIN_ARGS)
 
 test: venv
 	@$(MAKE) --no-print-directory detectron2 || \

@@ -90,8 +90,25 @@ def build_cfg(args, check=True):
     return cfg
 
 
+def split_cpu_threads(cfg, num_local_processes):
+    """On the CPU, give each of ``num_local_processes`` training processes its share of the cores.
+
+    torch gives every process as many threads as the machine has cores, so N processes would run N times
+    that many threads and fight over the cores. With ``OMP_NUM_THREADS`` set, the user's choice stands.
+    Returns the number of threads this process uses.
+    """
+    if cfg.MODEL.DEVICE != "cpu" or num_local_processes <= 1 or os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // num_local_processes)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def setup_cfg(args, check=True):
-    """:func:`build_cfg` plus detectron2's default_setup (logging, output dir, config dump)."""
+    """:func:`build_cfg` plus detectron2's default_setup (logging, output dir, config dump); on the CPU,
+    the processes of a ``--num-gpus N`` run share the cores (:func:`split_cpu_threads`)."""
     cfg = build_cfg(args, check)
+    split_cpu_threads(cfg, getattr(args, "num_gpus", 1))
     default_setup(cfg, args)
     return cfg

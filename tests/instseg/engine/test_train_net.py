@@ -224,3 +224,26 @@ def test_solver_optimizer_switch():
     cfg.SOLVER.OPTIMIZER = "Adam"
     with pytest.raises(ValueError, match="SOLVER.OPTIMIZER"):
         Trainer.build_optimizer(cfg, model)
+
+
+def test_cpu_processes_share_the_cores(monkeypatch):
+    """`--num-gpus N` on a CPU: each process gets cores // N threads, unless OMP_NUM_THREADS says otherwise."""
+    from instseg.engine.setup import split_cpu_threads
+
+    cfg = build_cfg(Args(BASELINE, ["MODEL.DEVICE", "cpu"]), check=False)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert split_cpu_threads(cfg, 2) == max(1, cores // 2) == torch.get_num_threads()
+        assert split_cpu_threads(cfg, 4 * cores) == 1 == torch.get_num_threads()
+        torch.set_num_threads(before)
+        assert split_cpu_threads(cfg, 1) == before  # one process: torch's default stands
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert split_cpu_threads(cfg, 2) == before  # the user's setting stands
+        gpu_cfg = cfg.clone()
+        gpu_cfg.defrost()
+        gpu_cfg.MODEL.DEVICE = "cuda"
+        assert split_cpu_threads(gpu_cfg, 2) == before  # GPU processes are left alone
+    finally:
+        torch.set_num_threads(before)
