@@ -8,10 +8,8 @@ PIP := $(PY) -m pip
 CONFIG ?= configs/Baselines/mask_rcnn_R_18_FPN_synthetic.yaml
 OUTPUT_DIR ?= output/make_train
 TRAIN_ARGS ?=
-# training processes (detectron2's --num-gpus): 1 on a GPU; on a CPU-only machine with at least 2 cores,
-# 2 processes (gloo) that split the cores, which trains 1.15x faster than one process using them all
-# (measured on 2 cores: 0.466 vs 0.535 s/it)
-TRAIN_PROCS ?= $(shell $(PY) -c 'import os, torch; n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(); print(1 if torch.cuda.is_available() else min(2, n or 1))' 2>/dev/null || echo 1)
+# training processes (detectron2's --num-gpus): see instseg.cpu.default_train_processes
+TRAIN_PROCS ?= $(shell $(PY) -m instseg.cpu 2>/dev/null || echo 1)
 PYTEST_ARGS ?=
 # detectron2 is not on the package registry: it comes from $(DETECTRON2_SRC) (a local checkout) when
 # set, otherwise from its official source.

@@ -8,6 +8,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_setup
 
 from instseg.config import get_cfg
+from instseg.cpu import usable_cores
 from instseg.data.datasets import register_synthetic_from_cfg
 
 from .errors import UserError
@@ -99,8 +100,7 @@ def split_cpu_threads(cfg, num_local_processes):
     """
     if cfg.MODEL.DEVICE != "cpu" or num_local_processes <= 1 or os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // num_local_processes)
+    threads = max(1, usable_cores() // num_local_processes)
     torch.set_num_threads(threads)
     return threads
 

@@ -228,10 +228,11 @@ def test_solver_optimizer_switch():
 
 def test_cpu_processes_share_the_cores(monkeypatch):
     """`--num-gpus N` on a CPU: each process gets cores // N threads, unless OMP_NUM_THREADS says otherwise."""
+    from instseg.cpu import usable_cores
     from instseg.engine.setup import split_cpu_threads
 
     cfg = build_cfg(Args(BASELINE, ["MODEL.DEVICE", "cpu"]), check=False)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     before = torch.get_num_threads()
     try:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
