@@ -1,4 +1,15 @@
-"""``add_dsg_config``: the keys of Deeply Shape-guided instance segmentation, paper values as defaults."""
+"""``add_dsg_config``: the keys of Deeply Shape-guided instance segmentation, paper values as defaults,
+and Table 1's rows as switch settings (``TABLE1_ROWS``, ``table1_opts``)."""
+
+# Table 1's switches, in the table's column order: mRPN, F_M, SgRA_B, F_B, SgRA_M
+TABLE1_SWITCHES = ("MRPN_ON", "FUSE_MASK", "SG_ROI_ALIGN_BOX", "FUSE_BOX", "SG_ROI_ALIGN_MASK")
+# Table 1, rows 0-5: each adds one component to the row above (row 0 is Mask R-CNN, row 4 the paper's DSG)
+TABLE1_ROWS = tuple(tuple(i < n for i in range(len(TABLE1_SWITCHES))) for n in range(len(TABLE1_SWITCHES) + 1))
+
+
+def table1_opts(row: int) -> list:
+    """Config overrides (``KEY VALUE`` pairs) that set every ``MODEL.DSG`` switch to Table 1's row ``row``."""
+    return [x for k, v in zip(TABLE1_SWITCHES, TABLE1_ROWS[row]) for x in (f"MODEL.DSG.{k}", str(v))]
 
 
 def add_dsg_config(cfg) -> None:

@@ -75,3 +75,26 @@ def test_demo_renders_a_grid(tmp_path, datasets_dir, ground_truth):
                      + (["--ground-truth"] if ground_truth else ["--score-threshold", "0.0"]) + TINY)
     assert out.exists() and grid.shape == (2 * 2 * 96, 2 * 2 * 96, 3)  # 2 rows x 2 columns at scale 2
     assert grid[: 2 * 96, : 2 * 96].std() > 0 and grid[2 * 96 :, 2 * 96 :].max() == 0  # 3 tiles, one empty
+
+
+def test_benchmark_inference_dsg_table1_preset_and_weights(tmp_path, capsys, monkeypatch):
+    """The synthetic Table 1 preset times rows 0-5 (+ DSG light); --weights loads a checkpoint into a row."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from dsg.config import TABLE1_ROWS, table1_opts
+    from tools import benchmark_inference
+
+    monkeypatch.chdir(ROOT)
+    name, model, _ = benchmark_inference.build(["row2", benchmark_inference.SYN_DSG, *table1_opts(2)], 5)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("row2")
+    benchmark_inference.main(["--preset", "dsg_table1", "--weights", f"row2={tmp_path / 'row2.pth'}",
+                              "--size", "64", "64", "--repeats", "1", "--warmup", "0", "--detections", "5",
+                              "--json"])
+    out = json.loads(capsys.readouterr().out)["models"]
+    assert list(out) == ["row0_mask_rcnn"] + [f"row{i}" for i in range(1, len(TABLE1_ROWS))] + ["dsg_light"]
+    assert out["row2"]["opts"][-2:] == ["MODEL.WEIGHTS", str(tmp_path / "row2.pth")]
+    # parameters per row as in Table 1: the MPN adds, F_M and F_B add a fusion conv each, SgRA adds none
+    p = [out["row0_mask_rcnn"]["params"]] + [out[f"row{i}"]["params"] for i in range(1, 6)]
+    assert p[1] > p[0] and p[2] > p[1] and p[3] == p[2] and p[4] > p[3] and p[5] == p[4]
+    with pytest.raises(SystemExit):
+        benchmark_inference.parse_args(["--preset", "dsg_table1", "--weights", "row9=x.pth"])

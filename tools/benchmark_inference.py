@@ -3,6 +3,7 @@
 
     python tools/benchmark_inference.py --preset maskpoint --json   # Mask Point / Mask R-CNN, / FUSION=none
     python tools/benchmark_inference.py --preset dsg                 # DSG, DSG light / Mask R-CNN (+ params)
+    python tools/benchmark_inference.py --preset dsg_table1 --size 256 256 --threads 1   # Table 1 rows, synthetic
     python tools/benchmark_inference.py --model a configs/A.yaml --model b configs/B.yaml KEY VALUE
 
 Models are built from their configs (random weights: nothing is downloaded, unless a model's overrides
@@ -21,7 +22,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dsg.config import TABLE1_ROWS, table1_opts  # noqa: E402
+
 MP = "configs/MaskPoint/mask_point_rcnn_R_50_FPN_1x.yaml"
+SYN_DSG = "configs/DSG/dsg_R_18_FPN_synthetic.yaml"
+
 PRESETS = {
     "maskpoint": [
         ["mask_rcnn", "configs/Baselines/mask_rcnn_R_50_FPN_1x.yaml"],
@@ -37,6 +42,13 @@ PRESETS = {
         ["dsg", "configs/DSG/dsg_R_50_FPN_1x.yaml"],
         ["dsg_light", "configs/DSG/dsg_light_R_50_FPN_1x.yaml"],
     ],
+    # DSG's Table 1 rows on the synthetic recipe (run with --size 256 256 --threads 1; --weights row4=PATH
+    # etc. to time trained models)
+    "dsg_table1": [
+        ["row0_mask_rcnn", "configs/Baselines/mask_rcnn_R_18_FPN_synthetic.yaml"],
+        *[[f"row{i}", SYN_DSG, *table1_opts(i)] for i in range(1, len(TABLE1_ROWS))],
+        ["dsg_light", "configs/DSG/dsg_light_R_18_FPN_synthetic.yaml"],
+    ],
 }
 
 
@@ -45,6 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--preset", choices=sorted(PRESETS), help="a set of models to compare")
     p.add_argument("--model", nargs="+", action="append", default=[], metavar="NAME CONFIG [KEY VALUE ...]",
                    help="a model: a name, its config file and config overrides (repeatable)")
+    p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
+                   help="load a checkpoint into the model NAME (repeatable), e.g. a preset's row")
     p.add_argument("--size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"))
     p.add_argument("--detections", type=int, default=100, help="detections per image kept by every model")
     p.add_argument("--repeats", type=int, default=3)
@@ -52,9 +66,15 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    args.models = (PRESETS[args.preset] if args.preset else []) + args.model
+    args.models = [list(m) for m in (PRESETS[args.preset] if args.preset else [])] + args.model
     if len(args.models) < 1:
         p.error("give --preset or at least one --model")
+    by_name = {m[0]: m for m in args.models}
+    for w in args.weights:
+        name, sep, path = w.partition("=")
+        if not sep or name not in by_name:
+            p.error(f"--weights expects NAME=PATH with NAME one of {sorted(by_name)}, got {w!r}")
+        by_name[name] += ["MODEL.WEIGHTS", path]
     for m in args.models:
         if len(m) < 2 or len(m) % 2:
             p.error(f"--model expects NAME CONFIG [KEY VALUE ...], got {m}")

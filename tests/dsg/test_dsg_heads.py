@@ -21,27 +21,12 @@ from dsg.modeling import (  # noqa: E402
     mpn_training_rois,
     proposal_indices,
 )
+from dsg.config import TABLE1_ROWS, TABLE1_SWITCHES, table1_opts  # noqa: E402
 from instseg.config import get_cfg  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "configs", "DSG", "dsg_R_18_FPN_synthetic.yaml")
 CASCADE = ["MODEL.ROI_HEADS.NAME", "CascadeDSGROIHeads", "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True"]
-
-# Table 1, rows 0-5: (mRPN, F_M, SgRA_B, F_B, SgRA_M)
-TABLE1 = [
-    (False, False, False, False, False),
-    (True, False, False, False, False),
-    (True, True, False, False, False),
-    (True, True, True, False, False),
-    (True, True, True, True, False),
-    (True, True, True, True, True),
-]
-KEYS = ("MRPN_ON", "FUSE_MASK", "SG_ROI_ALIGN_BOX", "FUSE_BOX", "SG_ROI_ALIGN_MASK")
-
-
-def row_opts(row):
-    return [x for k, v in zip(KEYS, row) for x in (f"MODEL.DSG.{k}", str(v))]
-
 
 def make_cfg(*opts):
     cfg = get_cfg()
@@ -59,16 +44,31 @@ def train_step(cfg, batch, seed=0):
     return model, losses
 
 
+def test_table1_rows_add_one_component_each():
+    assert TABLE1_ROWS == (
+        (False, False, False, False, False),
+        (True, False, False, False, False),
+        (True, True, False, False, False),
+        (True, True, True, False, False),
+        (True, True, True, True, False),
+        (True, True, True, True, True),
+    )
+    assert table1_opts(2) == ["MODEL.DSG.MRPN_ON", "True", "MODEL.DSG.FUSE_MASK", "True",
+                              "MODEL.DSG.SG_ROI_ALIGN_BOX", "False", "MODEL.DSG.FUSE_BOX", "False",
+                              "MODEL.DSG.SG_ROI_ALIGN_MASK", "False"]
+
+
 def test_defaults_are_the_papers_final_choice():
     dsg = get_cfg().MODEL.DSG
-    assert [dsg[k] for k in KEYS] == [True, True, True, True, False]
+    assert [dsg[k] for k in TABLE1_SWITCHES] == list(TABLE1_ROWS[4])
     assert (dsg.SG_MODE, dsg.DETACH_PROBS, dsg.MPN_IOU_THRESHOLD) == ("exact", False, 0.5)
     assert (dsg.MPN_NUM_CONV, dsg.MPN_CONV_DIM, dsg.MPN_POOLER_RESOLUTION) == (4, 256, 14)
 
 
-@pytest.mark.parametrize("row", TABLE1, ids=[f"row{i}" for i in range(len(TABLE1))])
-def test_dsg_table1_rows_build_and_train_a_step(row):
-    cfg = make_cfg(*row_opts(row))
+@pytest.mark.parametrize("index", range(len(TABLE1_ROWS)), ids=[f"row{i}" for i in range(len(TABLE1_ROWS))])
+def test_dsg_table1_rows_build_and_train_a_step(index):
+    row = TABLE1_ROWS[index]
+    cfg = make_cfg(*table1_opts(index))
     model, losses = train_step(cfg, synthetic_batch(2, empty=(1,)))
     assert isinstance(model.roi_heads, DSGROIHeads)
     assert ("loss_mpn" in losses) == row[0]
@@ -112,7 +112,7 @@ def test_light_mpn_7x7_rois_trains_and_predicts(sg_mask):
 
 
 def test_dsg_row0_is_mask_rcnn():
-    cfg = make_cfg(*row_opts(TABLE1[0]))
+    cfg = make_cfg(*table1_opts(0))
     model = build_model(cfg)
     base = get_cfg()
     base.merge_from_file(os.path.join(ROOT, "configs", "Baselines", "mask_rcnn_R_18_FPN_synthetic.yaml"))
@@ -131,7 +131,7 @@ def test_switches_need_mrpn():
 @pytest.mark.parametrize("detach", [False, True])
 def test_dsg_sec34_box_loss_reaches_the_mpn_through_sgroialign_unless_detached(detach):
     # SgRA_B only (no fusion), so the box losses can reach the MPN through P alone
-    cfg = make_cfg(*row_opts((True, False, True, False, False)), "MODEL.DSG.DETACH_PROBS", str(detach))
+    cfg = make_cfg(*table1_opts(3), "MODEL.DSG.FUSE_MASK", "False", "MODEL.DSG.DETACH_PROBS", str(detach))
     model, losses = train_step(cfg, synthetic_batch(2, empty=()))
     (losses["loss_cls"] + losses["loss_box_reg"]).backward()
     grad = model.roi_heads.mpn.predictor.weight.grad
