@@ -36,6 +36,11 @@ def add_dsg_config(cfg) -> None:
     # "exact": Eq. 2 with our SgRoIAlign op (P sampled at every sampling point); "bin_approx": RoIAlign
     # features times (1 + P averaged over each bin), the approximation of the authors' later code
     _C.SG_MODE = "exact"
+    # where the F_- (and P) the mask head gets at test time come from: "proposal" (Sec. 3.3: the proposal
+    # each detection was regressed from, misaligned with the detection by the box regression, which the
+    # paper accepts) or "detection" (the MPN runs once more, on the final detections; not for the cascade).
+    # Training is the same either way: there the mask head's RoIs are the MPN's RoIs.
+    _C.MASK_MPN_SOURCE = "proposal"
     # stop the gradient of the box (and mask) losses into the MPN through P
     _C.DETACH_PROBS = False
     # kernel size of the fusion convs: 1 as Sec. 3.3 says (Table 1's +0.59M per fusion matches 3x3 convs)

@@ -73,6 +73,9 @@ class CascadeDSGROIHeads(MPNMixin, CascadeROIHeads):
         if dsg.SG_ROI_ALIGN_MASK:
             raise ValueError("Cascade DSG pools mask features with plain RoIAlign (Eq. 3); "
                              "set MODEL.DSG.SG_ROI_ALIGN_MASK=False")
+        if dsg.MASK_MPN_SOURCE != "proposal":
+            raise ValueError("Cascade DSG's last mask head takes F_-^{T-1} of the RoI each detection was "
+                             "regressed from (Eq. 3); set MODEL.DSG.MASK_MPN_SOURCE=proposal")
         ret = super().from_config(cfg, input_shape)
         ret.update(cls._init_mpn(cfg, input_shape))
         num_stages = len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)

@@ -20,6 +20,9 @@ from .poolers import build_guided_pooler, pooler_args
 
 # per-RoI fields that carry the MPN's outputs from the box branch to the mask branch
 MPN_FEATURES, MPN_PROBS = "mpn_features", "mpn_probs"
+# MODEL.DSG.MASK_MPN_SOURCE: the mask head's F_- / P at test time from each detection's proposal (the paper) or
+# from the MPN run on the detection itself
+MASK_MPN_SOURCES = ("proposal", "detection")
 
 
 def check_dsg_switches(dsg) -> None:
@@ -28,6 +31,8 @@ def check_dsg_switches(dsg) -> None:
     if needs_mrpn and not dsg.MRPN_ON:
         raise ValueError(f"MODEL.DSG.{', '.join(needs_mrpn)} need(s) MODEL.DSG.MRPN_ON=True: their mask "
                          "probabilities and features come from the mask-supervised RPN")
+    if dsg.MASK_MPN_SOURCE not in MASK_MPN_SOURCES:
+        raise ValueError(f"MODEL.DSG.MASK_MPN_SOURCE must be one of {MASK_MPN_SOURCES}, got {dsg.MASK_MPN_SOURCE!r}")
 
 
 def mpn_training_rois(proposals: List[Instances], iou_threshold: float) -> List[torch.Tensor]:
@@ -146,9 +151,12 @@ class DSGROIHeads(MPNMixin, StandardROIHeads):
         box_fusion: Optional[FeatureFusion] = None,
         mask_fusion: Optional[FeatureFusion] = None,
         detach_probs: bool = False,
+        mask_mpn_source: str = "proposal",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if mask_mpn_source not in MASK_MPN_SOURCES:
+            raise ValueError(f"DSGROIHeads: mask_mpn_source must be one of {MASK_MPN_SOURCES}, got {mask_mpn_source!r}")
         if (mpn is None) != (mpn_pooler is None):
             raise ValueError("DSGROIHeads: the MPN needs its pooler and vice versa")
         if mpn is None and (sg_box or sg_mask or box_fusion is not None or mask_fusion is not None):
@@ -163,6 +171,7 @@ class DSGROIHeads(MPNMixin, StandardROIHeads):
         self.box_fusion = box_fusion
         self.mask_fusion = mask_fusion
         self.detach_probs = detach_probs
+        self.mask_mpn_source = mask_mpn_source
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -170,6 +179,7 @@ class DSGROIHeads(MPNMixin, StandardROIHeads):
         check_dsg_switches(dsg)
         ret = super().from_config(cfg, input_shape)
         ret.update(cls._init_mpn(cfg, input_shape))
+        ret["mask_mpn_source"] = dsg.MASK_MPN_SOURCE
         if not dsg.MRPN_ON:
             return ret
         mpn_dim = ret["mpn"].conv_norm_relus[-1].out_channels
@@ -218,6 +228,8 @@ class DSGROIHeads(MPNMixin, StandardROIHeads):
                 p.set(MPN_PROBS, pr)
             return losses
         pred_instances, kept = self.box_predictor.inference(predictions, proposals)
+        if self.mask_mpn_source == "detection":
+            return pred_instances  # the mask branch runs the MPN on the detections (_mpn_outputs_for)
         kept = proposal_indices(self.box_predictor, predictions, proposals, kept)
         for inst, k, f, pr in zip(pred_instances, kept, mpn_features.split(sizes), probs.split(sizes)):
             inst.set(MPN_FEATURES, f[k])  # F_- and P of the proposal each detection was regressed from
@@ -225,8 +237,8 @@ class DSGROIHeads(MPNMixin, StandardROIHeads):
         return pred_instances
 
     def _mpn_outputs_for(self, features, instances: List[Instances]):
-        """F_- and P per RoI of ``instances``: carried from the box branch, or (for boxes given from outside,
-        e.g. forward_with_given_boxes) computed by the MPN on the boxes themselves."""
+        """F_- and P per RoI of ``instances``: carried from the box branch, or (MASK_MPN_SOURCE "detection", or
+        boxes given from outside, e.g. forward_with_given_boxes) computed by the MPN on the boxes themselves."""
         if all(i.has(MPN_FEATURES) for i in instances):
             return cat([i.get(MPN_FEATURES) for i in instances]), cat([i.get(MPN_PROBS) for i in instances])
         boxes = [x.proposal_boxes if self.training else x.pred_boxes for x in instances]

@@ -245,6 +245,45 @@ def test_dsg_mask_branch_gets_the_features_of_its_proposal():
     assert torch.all(dist.min(dim=1).values < 1e-5)
 
 
+def test_dsg_mask_mpn_source_detection_runs_the_mpn_on_the_detections():
+    """MASK_MPN_SOURCE=detection: the mask head fuses the F_- the MPN computes on each final box instead of
+    the F_- of the proposal the box was regressed from; the boxes stay the same."""
+    torch.manual_seed(0)
+    cfg = make_cfg("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
+    model = build_model(cfg).eval()
+    batch = [{k: v for k, v in d.items() if k != "instances"} for d in synthetic_batch(1, empty=())]
+    heads = model.roi_heads
+    captured = {"mpn_boxes": [], "fused": []}
+    orig_mpn, orig_fusion = heads.run_mpn, heads.mask_fusion.forward
+
+    def run_mpn(features, boxes):
+        captured["mpn_boxes"].append(torch.cat([b.tensor for b in boxes]).clone())
+        return orig_mpn(features, boxes)
+
+    def fusion(x):
+        captured["fused"].append(x.clone())
+        return orig_fusion(x)
+
+    heads.run_mpn, heads.mask_fusion.forward = run_mpn, fusion
+    with torch.no_grad():
+        ref = model(batch)[0]["instances"]  # "proposal", the paper's
+        assert len(captured["mpn_boxes"]) == 1  # the MPN ran on the proposals only
+        heads.mask_mpn_source = "detection"
+        out = model(batch)[0]["instances"]
+        _, own = orig_mpn(model.backbone(model.preprocess_image(batch).tensor), [out.pred_boxes])
+    assert len(out) > 0 and not out.has("mpn_features")
+    torch.testing.assert_close(out.pred_boxes.tensor, ref.pred_boxes.tensor)
+    # the proposals (box branch), then the detections (mask branch)
+    assert len(captured["mpn_boxes"]) == 3
+    torch.testing.assert_close(captured["mpn_boxes"][2], out.pred_boxes.tensor)
+    torch.testing.assert_close(captured["fused"][1], own)
+    assert not torch.allclose(captured["fused"][0], own)  # the proposals' F_- differ from the detections'
+    with pytest.raises(ValueError, match="MASK_MPN_SOURCE"):
+        build_model(make_cfg("MODEL.DSG.MASK_MPN_SOURCE", "box"))
+    with pytest.raises(ValueError, match="MASK_MPN_SOURCE"):
+        build_model(make_cfg(*CASCADE, "MODEL.DSG.MASK_MPN_SOURCE", "detection"))
+
+
 def test_cascade_dsg_eq3_trains_a_step_and_predicts():
     cfg = make_cfg(*CASCADE)
     model, losses = train_step(cfg, synthetic_batch(2, empty=(1,)))
