@@ -85,7 +85,7 @@ def test_benchmark_inference_dsg_table1_preset_and_weights(tmp_path, capsys, mon
     from tools import benchmark_inference
 
     monkeypatch.chdir(ROOT)
-    name, model, _ = benchmark_inference.build(["row2", benchmark_inference.SYN_DSG, *table1_opts(2)], 5)
+    _, model, _ = benchmark_inference.build(["row2", benchmark_inference.SYN_DSG, *table1_opts(2)], 5)
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("row2")
     benchmark_inference.main(["--preset", "dsg_table1", "--weights", f"row2={tmp_path / 'row2.pth'}",
                               "--size", "64", "64", "--repeats", "1", "--warmup", "0", "--detections", "5",

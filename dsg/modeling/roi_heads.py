@@ -31,8 +31,12 @@ def check_dsg_switches(dsg) -> None:
     if needs_mrpn and not dsg.MRPN_ON:
         raise ValueError(f"MODEL.DSG.{', '.join(needs_mrpn)} need(s) MODEL.DSG.MRPN_ON=True: their mask "
                          "probabilities and features come from the mask-supervised RPN")
-    if dsg.MASK_MPN_SOURCE not in MASK_MPN_SOURCES:
-        raise ValueError(f"MODEL.DSG.MASK_MPN_SOURCE must be one of {MASK_MPN_SOURCES}, got {dsg.MASK_MPN_SOURCE!r}")
+    check_mask_mpn_source(dsg.MASK_MPN_SOURCE)
+
+
+def check_mask_mpn_source(value: str) -> None:
+    if value not in MASK_MPN_SOURCES:
+        raise ValueError(f"MODEL.DSG.MASK_MPN_SOURCE must be one of {MASK_MPN_SOURCES}, got {value!r}")
 
 
 def mpn_training_rois(proposals: List[Instances], iou_threshold: float) -> List[torch.Tensor]:
@@ -155,8 +159,7 @@ class DSGROIHeads(MPNMixin, StandardROIHeads):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if mask_mpn_source not in MASK_MPN_SOURCES:
-            raise ValueError(f"DSGROIHeads: mask_mpn_source must be one of {MASK_MPN_SOURCES}, got {mask_mpn_source!r}")
+        check_mask_mpn_source(mask_mpn_source)
         if (mpn is None) != (mpn_pooler is None):
             raise ValueError("DSGROIHeads: the MPN needs its pooler and vice versa")
         if mpn is None and (sg_box or sg_mask or box_fusion is not None or mask_fusion is not None):
