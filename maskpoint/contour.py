@@ -103,7 +103,8 @@ def _salience_order(pts: np.ndarray) -> np.ndarray:
     """Contour pixel indices, most salient first: Visvalingam-Whyatt simplification of the closed contour
     (repeatedly drop the vertex spanning the smallest triangle with its current neighbours); a vertex is
     as salient as it is late to be dropped, so the first m indices are the vertices of the m-gon
-    approximation. Ties go to the earlier pixel in contour order."""
+    approximation (in salience order: sort them to walk the polygon). Ties go to the earlier pixel in
+    contour order."""
     n = len(pts)
     if n <= 3:
         return np.arange(n)
@@ -137,17 +138,20 @@ def _salience_order(pts: np.ndarray) -> np.ndarray:
     return np.concatenate([last, np.array(removed[::-1], dtype=np.int64)]).astype(np.int64)
 
 
-def _pad(points: np.ndarray, num: int, rng: np.random.Generator, keep_order: bool) -> np.ndarray:
-    """The paper's padding: repeat randomly chosen existing points until there are `num`. With keep_order
-    the repeats sit next to their originals, so the sequence still runs along the contour."""
+def _corner_indices(pts: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the n most salient contour pixels (the vertices of the n-gon approximation), in contour
+    order, so that they walk the polygon clockwise from the contour's first pixel."""
+    return np.sort(_salience_order(pts)[:n])
+
+
+def _pad(points: np.ndarray, num: int, rng: np.random.Generator) -> np.ndarray:
+    """The paper's padding: repeat randomly chosen existing points until there are `num`. The repeats sit
+    next to their originals, so the sequence still runs along the contour (for either sampling)."""
     short = num - len(points)
     if short <= 0:
         return points[:num]
     extra = rng.integers(0, len(points), size=short)
-    if keep_order:
-        idx = np.sort(np.concatenate([np.arange(len(points)), extra]), kind="stable")
-        return points[idx]
-    return np.concatenate([points, points[extra]], axis=0)
+    return points[np.sort(np.concatenate([np.arange(len(points)), extra]), kind="stable")]
 
 
 def sample_contour_points(
@@ -163,9 +167,12 @@ def sample_contour_points(
     Args:
         mask: (H, W) array (bool or numbers; non-zero is the object), or a torch tensor.
         num_points: k, the number of contour points (the paper's default is 100).
-        sampling: ``"uniform"`` — k contour pixels equally spaced by arc length, in contour order;
-            ``"corner"`` — the vertices of a polygon approximation of the contour, most salient first
-            (Table VI). Several components share the k points in proportion to their perimeter.
+        sampling: ``"uniform"`` — k contour pixels equally spaced by arc length (Sec. III-C);
+            ``"corner"`` — the k most salient contour pixels (Table VI): the vertices of the k-gon
+            approximation of the contour (Visvalingam-Whyatt). Either way the points come in the module's
+            contour order (clockwise from the top-most point, see above), so that point i means the same
+            thing across instances and the points walk a simple polygon. Several components share the k
+            points in proportion to their perimeter.
         with_center: append the centre point (k + 1 points in all).
         center: ``"mass"`` — the mask's centroid; ``"box"`` — the centre of its tight box.
         rng: a numpy Generator or an int seed for the padding of contours shorter than k pixels
@@ -193,16 +200,14 @@ def sample_contour_points(
 
     contours = _outer_contours(binary)
     sizes = np.array([len(c) for c in contours], dtype=np.int64)
-    if sizes.sum() <= num_points:  # too few contour pixels: all of them, then the paper's padding
-        chosen = [np.arange(len(c)) if sampling == "uniform" else _salience_order(c) for c in contours]
-        points = np.concatenate([c[i] for c, i in zip(contours, chosen)], axis=0)
-        points = _pad(points, num_points, rng, keep_order=sampling == "uniform")
+    if sizes.sum() <= num_points:  # too few contour pixels: all of them (either sampling), then the paper's padding
+        points = _pad(np.concatenate(contours, axis=0), num_points, rng)
     else:
         perimeters = np.array([_arc_lengths(c)[1] for c in contours])
         alloc = _allocate(perimeters, sizes, num_points)
         parts = []
         for c, n in zip(contours, alloc):
-            idx = _uniform_indices(c, n) if sampling == "uniform" else _salience_order(c)[:n]
+            idx = _uniform_indices(c, n) if sampling == "uniform" else _corner_indices(c, n)
             parts.append(c[idx])
         points = np.concatenate(parts, axis=0)
     points = points.astype(np.float32) + 0.5

@@ -127,15 +127,110 @@ def test_sec3c_island_inside_a_hole_is_a_component():
     assert np.any(r < 6) and np.all((r < 6) | (np.abs(r - 30) <= 1.0))
 
 
-def test_table6_corner_sampling_finds_the_square_corners_first():
+def test_table6_corner_sampling_finds_the_square_corners_clockwise_from_the_top_left():
     m = np.zeros((50, 50), np.uint8)
     m[10:30, 15:35] = 1
-    corners = {(15.5, 10.5), (34.5, 10.5), (34.5, 29.5), (15.5, 29.5)}
-    pts = sample_contour_points(m, 40, sampling="corner", with_center=False)
-    assert {tuple(p) for p in pts[:4].tolist()} == corners
-    assert {tuple(p) for p in pts.tolist()} <= _boundary_pixels(m)
+    # the four corners, clockwise on screen from the top-left one
+    corners = [(15.5, 10.5), (34.5, 10.5), (34.5, 29.5), (15.5, 29.5)]
     four = sample_contour_points(m, 4, sampling="corner", with_center=False)
-    assert {tuple(p) for p in four.tolist()} == corners
+    assert [tuple(p) for p in four.tolist()] == corners
+    # with more points the corners are still among them, each in its place along the contour
+    pts = sample_contour_points(m, 40, sampling="corner", with_center=False)
+    assert {tuple(p) for p in pts.tolist()} <= _boundary_pixels(m)
+    assert tuple(pts[0]) == corners[0]
+    pos = _contour_positions(m, pts)
+    assert np.all(np.diff(pos) > 0)
+    assert [tuple(p) for p in pts.tolist() if tuple(p) in corners] == corners
+
+
+def _star(size=100, centre=(50, 52), outer=40, inner=17, spikes=5, turn=0.0):
+    """A concave star polygon, filled: ``spikes`` tips at radius ``outer``, notches at ``inner``."""
+    a = turn + np.pi * np.arange(2 * spikes) / spikes - np.pi / 2
+    rad = np.where(np.arange(2 * spikes) % 2 == 0, outer, inner)
+    poly = np.stack([centre[0] + rad * np.cos(a), centre[1] + rad * np.sin(a)], 1).round().astype(np.int32)
+    m = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(m, [poly], 1)
+    return m
+
+
+def _l_shape():
+    m = np.zeros((80, 80), np.uint8)
+    m[10:70, 10:30] = 1  # the upright bar ...
+    m[50:70, 10:72] = 1  # ... and the foot: a concave corner at (30, 50)
+    return m
+
+
+def _rotated_rectangle():
+    m = np.zeros((80, 80), np.uint8)
+    cv2.fillPoly(m, [cv2.boxPoints(((40, 40), (50, 20), 30)).astype(np.int32)], 1)
+    return m
+
+
+def _ring():
+    m = disc(center=(47, 52), radius=30)
+    cv2.circle(m, (47, 52), 15, 0, -1)
+    return m
+
+
+def _contour_positions(mask, pts):
+    """Index of each point along the mask's outer contour, walked clockwise on screen (y down) from its
+    top-most-then-left-most pixel (worked out here from OpenCV's contour, independently of the sampler)."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    c = max(contours, key=len)[:, 0, :].astype(np.float64)
+    if _signed_area(c) < 0:
+        c = c[::-1]
+    c = np.roll(c, -np.lexsort((c[:, 0], c[:, 1]))[0], axis=0)
+    index = {}
+    for i, (x, y) in enumerate(c.tolist()):
+        index.setdefault((x + 0.5, y + 0.5), i)
+    return np.array([index[tuple(p)] for p in pts.tolist()])
+
+
+def _polygon_iou(mask, pts):
+    """IoU of the mask with the polygon of the points, filled with cv2.fillPoly (points at pixel centres)."""
+    filled = np.zeros(mask.shape, np.uint8)
+    cv2.fillPoly(filled, [np.round(pts - 0.5).astype(np.int32)], 1)
+    mask = mask.astype(bool)
+    return (filled.astype(bool) & mask).sum() / (filled.astype(bool) | mask).sum()
+
+
+@pytest.mark.parametrize("k", [16, 50, 100])
+@pytest.mark.parametrize("shape", ["disc", "rotated_rectangle", "star", "six_point_star", "l_shape", "ring"])
+def test_table6_corner_points_walk_the_contour_clockwise_and_fill_the_mask(shape, k):
+    mask = {
+        "disc": lambda: disc(center=(47, 52), radius=30),
+        "rotated_rectangle": _rotated_rectangle,
+        "star": _star,
+        "six_point_star": lambda: _star(spikes=6, turn=0.3),
+        "l_shape": _l_shape,
+        "ring": _ring,
+    }[shape]()
+    outer = mask.copy()
+    if shape == "ring":  # the hole does not contribute: the points outline the filled disc
+        outer = disc(center=(47, 52), radius=30)
+    pts = sample_contour_points(mask, k, sampling="corner", with_center=False)
+    assert pts.shape == (k, 2) and len({tuple(p) for p in pts.tolist()}) == k
+    assert {tuple(p) for p in pts.tolist()} <= _boundary_pixels(outer)
+    # in contour order: each point further along the clockwise contour from the top-left pixel than the
+    # one before (salience order jumps back and forth)
+    pos = _contour_positions(mask, pts)
+    assert np.all(np.diff(pos) > 0)
+    # so the polygon of the points is simple, clockwise (positive shoelace area with y down) and fills the mask
+    assert _signed_area(pts) > 0
+    assert _polygon_iou(outer, pts) >= 0.95
+
+
+@pytest.mark.parametrize("size, centre, outer, inner", [(100, (50, 52), 40, 17), (90, (41, 47), 30, 12)])
+def test_table6_corner_points_on_a_star_keep_their_meaning_across_instances(size, centre, outer, inner):
+    # keypoint i must mean the same thing on every instance: on stars of different sizes and places the 10
+    # most salient points are the 5 tips and 5 notches, and point 0 is the top tip, point 1 the notch after
+    # it clockwise, and so on (in salience order the index of a tip depends on the rasterisation)
+    pts = sample_contour_points(_star(size, centre, outer, inner), 10, sampling="corner", with_center=False)
+    r = np.hypot(pts[:, 0] - centre[0] - 0.5, pts[:, 1] - centre[1] - 0.5)
+    assert np.all(np.abs(r[0::2] - outer) <= 3) and np.all(np.abs(r[1::2] - inner) <= 3)
+    assert pts[0, 1] == pts[:, 1].min()
+    ang = np.unwrap(np.arctan2(pts[:, 1] - centre[1] - 0.5, pts[:, 0] - centre[0] - 0.5))
+    assert np.all(np.diff(ang) > 0) and ang[-1] - ang[0] < 2 * np.pi
 
 
 def test_table6_corner_sampling_of_a_rotated_rectangle_and_tiny_masks():
@@ -146,9 +241,22 @@ def test_table6_corner_sampling_of_a_rotated_rectangle_and_tiny_masks():
     # each of the four most salient points is within 2 px of a distinct polygon corner
     d = np.linalg.norm(pts[:, None, :] - (box[None, :, :] + 0.5), axis=2)
     assert np.all(d.min(axis=1) <= 2.0) and len(set(d.argmin(axis=1))) == 4
+    # clockwise from the top-most corner
+    assert pts[0, 1] == pts[:, 1].min() and _signed_area(pts) > 0
     tiny = np.zeros((5, 5), np.uint8)
     tiny[2, 2] = 1
     assert sample_contour_points(tiny, 10, sampling="corner").shape == (11, 2)
+
+
+def test_table6_corner_padding_of_short_contours_keeps_contour_order():
+    m = np.zeros((20, 20), np.uint8)
+    m[5:9, 5:10] = 1  # 14 contour pixels < k: all of them, padded, as for uniform sampling
+    pts = sample_contour_points(m, 30, sampling="corner", with_center=False, rng=5)
+    uniq = [tuple(p) for i, p in enumerate(pts.tolist()) if i == 0 or p != pts[i - 1].tolist()]
+    assert len(uniq) == len(set(uniq)) == 14
+    assert uniq[0] == (5.5, 5.5) and uniq[1] == (6.5, 5.5)  # top-left pixel, then to the right
+    assert np.all(np.diff(_contour_positions(m, np.array(uniq))) > 0)
+    np.testing.assert_array_equal(pts, sample_contour_points(m, 30, sampling="uniform", with_center=False, rng=5))
 
 
 def test_sec3c_torch_input_and_clear_errors():
