@@ -205,8 +205,9 @@ def sg_roi_align_reference(
     pooled_h, pooled_w = _check_args(input, rois, probs, output_size)
     K, C = rois.shape[0], input.shape[1]
     rois = rois.to(input.dtype)
-    if K == 0 or C == 0:
-        return input.new_zeros(K, C, pooled_h, pooled_w)
+    if K == 0 or C == 0:  # nothing to sample; zeros still attached to the graph, so backward gives zero gradients
+        attached = input.reshape(-1)[:0].sum() + probs.reshape(-1)[:0].sum()
+        return input.new_zeros(K, C, pooled_h, pooled_w) + attached
     b = rois[:, 0]
     if not bool(((b >= 0) & (b < input.shape[0])).all()):
         raise ValueError(f"{_OP}: rois[:, 0] must be batch indices in [0, {input.shape[0]})")

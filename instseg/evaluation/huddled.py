@@ -1,7 +1,9 @@
 """Evaluation on huddled instances (DSG, Appendix 6.1, Table 4).
 
 An instance is *huddled* when its box IoU with some other instance of its image is > T_O (T_O = -1 makes
-every instance huddled); an image is selected when its fraction of huddled instances is > T_P. On a subset,
+every instance huddled); an image is selected when its fraction of huddled instances is > T_P. T_O = -1
+(with T_P < 1) is the whole set: images without instances are kept then, and only then, so that their false
+positives count in the "all" row as in any COCO evaluation of the set. On a subset,
 AP is the **mean over instances** rather than over classes: each class's COCO AP weighted by its number of
 ground-truth instances in the subset (classes with few instances would make the class mean unstable).
 
@@ -54,6 +56,8 @@ def _select(overlaps: Dict[int, np.ndarray], t_o: float, t_p: float) -> List[int
     out = []
     for image_id, max_other in overlaps.items():
         frac = _fraction(max_other, t_o)
+        if frac is None and t_o < 0:  # T_O = -1 makes every instance huddled, vacuously those of an empty image
+            frac = 1.0
         if frac is not None and frac > t_p:
             out.append(image_id)
     return out
@@ -61,7 +65,8 @@ def _select(overlaps: Dict[int, np.ndarray], t_o: float, t_p: float) -> List[int
 
 def select_huddled_images(coco_dict: dict, t_o: float, t_p: float) -> List[int]:
     """Ids of the images whose fraction of huddled instances (box IoU > ``t_o`` with another instance of
-    the image) is > ``t_p``. Crowd annotations are not instances; images without instances are never kept."""
+    the image) is > ``t_p``. Crowd annotations are not instances. Images without instances are kept only for
+    ``t_o < 0`` (T_O = -1, the whole set: every instance, vacuously none, is huddled) and ``t_p < 1``."""
     return _select(_image_overlaps(coco_dict), t_o, t_p)
 
 
@@ -114,8 +119,9 @@ def instance_mean_ap(coco_gt, results: List[dict], iou_type: str, img_ids: Seque
 
 def huddled_grid(coco_dict: dict, results: Dict[str, List[dict]], thresholds=THRESHOLDS,
                  iou_types=("bbox", "segm"), include_all=True) -> List[dict]:
-    """For every (T_O, T_P) (plus T_O = -1, T_P = 0: the whole set), the number of selected images and
-    instances and, per model in ``results`` (name -> COCO results), the mean-over-instances AP per IoU type."""
+    """For every (T_O, T_P) (plus T_O = -1, T_P = 0: the whole set, images without instances included, whose
+    detections are false positives), the number of selected images and instances and, per model in ``results``
+    (name -> COCO results), the mean-over-instances AP per IoU type."""
     gt = _coco(coco_dict)
     overlaps = _image_overlaps(coco_dict)  # the IoUs do not depend on the thresholds: once
     cells = [(-1.0, 0.0)] if include_all else []

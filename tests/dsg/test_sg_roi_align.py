@@ -135,6 +135,45 @@ def test_dsg_eq2_constant_probs_scales_roi_align(impl, aligned, constant):
         torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_dsg_eq2_mean_of_per_sample_products_hand_computed(impl):
+    # DSG Eq. 2 with both f and P varying inside every bin: F(h, w) = sum_i f_i * (1 + p_i) / N, the mean of
+    # the per-sample products, which differs from mean(f) * (1 + mean(p)) when f and p covary in a bin.
+    # Features (image 1 of 2; image 0 and rows 0 and 5 of image 1 hold 100s, which no sample may touch):
+    F = [[100, 100, 100, 100, 100],
+         [1, 3, 5, 2, 0],
+         [4, 0, 2, 8, 6],
+         [2, 2, 6, 0, 4],
+         [0, 4, 1, 3, 7],
+         [100, 100, 100, 100, 100]]
+    x = torch.full((2, 1, 6, 5), 100.0, dtype=torch.float64)
+    x[1, 0] = torch.tensor(F, dtype=torch.float64)
+    # RoI (0.5, 1.0)-(4.5, 5.0) on image 1, aligned: on the map x1 = 0, y1 = 0.5, 4 x 4, so 2 x 2 bins of 2 x 2;
+    # sampling_ratio 2 puts the samples at x = 0.5, 1.5 | 2.5, 3.5 and y = 1, 2 | 3, 4: f is the mean of the two
+    # horizontal neighbours, e.g. f(x=0.5, y=1) = (1 + 3) / 2 = 2. Per row y, at x = 0.5, 1.5, 2.5, 3.5:
+    #   y=1: 2, 4, 3.5, 1     y=2: 2, 1, 5, 7     y=3: 2, 4, 3, 2     y=4: 2, 2.5, 2, 5
+    rois = torch.tensor([[1, 0.5, 1.0, 4.5, 5.0]], dtype=torch.float64)
+    # P is 4 x 2 over the RoI (Eq. 1): relative positions 1/8, 3/8, 5/8, 7/8 give d = 4u - 0.5 = 0, 1, 2, 3 (P's
+    # rows, no interpolation) and c = 2u - 0.5 = -0.25, 0.25, 0.75, 1.25, clamped to 0, 0.25, 0.75, 1: along x
+    # p = P0, 0.75 P0 + 0.25 P1, 0.25 P0 + 0.75 P1, P1. Per row:
+    #   P row 0 (0.2, 0.6): 0.2, 0.3, 0.5, 0.6      P row 1 (1.0, 0.2): 1.0, 0.8, 0.4, 0.2
+    #   P row 2 (0.0, 0.8): 0.0, 0.2, 0.6, 0.8      P row 3 (0.4, 0.0): 0.4, 0.3, 0.1, 0.0
+    probs = torch.tensor([[[0.2, 0.6], [1.0, 0.2], [0.0, 0.8], [0.4, 0.0]]], dtype=torch.float64)
+    expected = torch.tensor([[
+        # bin (0, 0): samples (x, y) = (0.5, 1), (1.5, 1), (0.5, 2), (1.5, 2)
+        [(2 * 1.2 + 4 * 1.3 + 2 * 2.0 + 1 * 1.8) / 4,  # = 3.35  (mean(f) * (1 + mean(p)) = 3.54375)
+         # bin (0, 1): (2.5, 1), (3.5, 1), (2.5, 2), (3.5, 2)
+         (3.5 * 1.5 + 1 * 1.6 + 5 * 1.4 + 7 * 1.2) / 4],  # = 5.5625  (product of means: 5.878125)
+        # bin (1, 0): (0.5, 3), (1.5, 3), (0.5, 4), (1.5, 4)
+        [(2 * 1.0 + 4 * 1.2 + 2 * 1.4 + 2.5 * 1.3) / 4,  # = 3.2125  (product of means: 3.215625)
+         # bin (1, 1): (2.5, 3), (3.5, 3), (2.5, 4), (3.5, 4)
+         (3 * 1.6 + 2 * 1.8 + 2 * 1.1 + 5 * 1.0) / 4],  # = 3.9  (product of means: 4.125)
+    ]], dtype=torch.float64)
+    out = impl(x, rois, probs, (2, 2), 1.0, 2, True)
+    assert out.shape == (1, 1, 2, 2)
+    torch.testing.assert_close(out[0], expected, rtol=0, atol=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Eq. 1: where the map is sampled (it covers the RoI; pixel centres at k + 0.5; clamped at its border).
 # ---------------------------------------------------------------------------------------------------------
@@ -220,9 +259,12 @@ def test_dsg_eq2_empty_rois(impl):
     probs = torch.zeros(0, 7, 7, dtype=torch.float64, requires_grad=True)
     out = impl(x, rois, probs, (2, 4), 0.5, 0, True)
     assert out.shape == (0, 3, 2, 4)
-    if out.requires_grad:
-        out.sum().backward()
-        assert x.grad is None or torch.count_nonzero(x.grad) == 0
+    # backward through no RoI: zero gradients of the inputs' shapes (both paths are differentiable)
+    assert out.requires_grad
+    grad_x, grad_probs = torch.autograd.grad(out.sum(), (x, probs), allow_unused=True)
+    for grad, inp in ((grad_x, x), (grad_probs, probs)):
+        assert grad is not None and grad.shape == inp.shape and grad.dtype == inp.dtype
+        assert torch.count_nonzero(grad) == 0
 
 
 @pytest.mark.parametrize("impl", IMPLS)

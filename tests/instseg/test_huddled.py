@@ -47,11 +47,11 @@ def test_dsg_appendix_known_ious():
 
 
 @pytest.mark.parametrize("t_o,t_p,expected", [
-    (-1.0, 0.0, [1, 2, 3, 5]),  # every instance huddled: every image with an instance
-    (0.0, 0.0, [1, 2]),         # lone instances (3, 5: the crowd is not an instance) are not huddled
-    (0.1, 0.5, [1, 2]),         # 2/3 > 0.5 and 1 > 0.5
-    (0.1, 0.7, [2]),            # 2/3 is not > 0.7
-    (0.2, 0.0, [1]),            # 1/7 is not > 0.2
+    (-1.0, 0.0, [1, 2, 3, 4, 5]),  # every instance huddled: the whole set, image 4 without instances included
+    (0.0, 0.0, [1, 2]),            # lone instances (3, 5: the crowd is not an instance) are not huddled
+    (0.1, 0.5, [1, 2]),            # 2/3 > 0.5 and 1 > 0.5
+    (0.1, 0.7, [2]),               # 2/3 is not > 0.7
+    (0.2, 0.0, [1]),               # 1/7 is not > 0.2
     (0.4, 0.0, []),
 ])
 def test_dsg_appendix_select_huddled_images(t_o, t_p, expected):
@@ -102,3 +102,45 @@ def test_dsg_appendix_grid_compares_two_models():
     assert math.isnan(rows[1]["A/bbox"])
     table = format_grid(rows, "A", "B", thresholds=(0.0,))
     assert f"{100 - a_ap:+.1f} / {100 - a_ap:+.1f} (2)" in table and "| 0.0 | - |" in table
+
+
+def _rect_rle(x0, y0, w, h, size=20):
+    from pycocotools import mask as mask_util
+
+    m = np.zeros((size, size), np.uint8, order="F")
+    m[y0:y0 + h, x0:x0 + w] = 1
+    r = mask_util.encode(np.asfortranarray(m))
+    r["counts"] = r["counts"].decode()
+    return r
+
+
+def test_dsg_appendix_all_row_keeps_images_without_instances_and_their_false_positives():
+    # image 1: class 1 at [0,0,10,10] and class 2 at [5,0,10,10] (IoU 1/3: huddled for T_O < 1/3);
+    # image 2: a lone class-1 instance; image 3: no instance at all
+    boxes = [(1, 1, [0, 0, 10, 10]), (1, 2, [5, 0, 10, 10]), (2, 1, [0, 10, 5, 5])]
+    anns = [{"id": i + 1, "image_id": im, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0,
+             "segmentation": _rect_rle(*b)} for i, (im, c, b) in enumerate(boxes)]
+    d = {"images": [{"id": i, "width": 20, "height": 20} for i in (1, 2, 3)], "annotations": anns,
+         "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    exact = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9,
+              "segmentation": a["segmentation"]} for a in anns]
+    # model "fp" also fires, more confidently, on the empty image 3: a class-1 false positive
+    fp = exact + [{"image_id": 3, "category_id": 1, "bbox": [2, 2, 6, 6], "score": 0.95,
+                   "segmentation": _rect_rle(2, 2, 6, 6)}]
+    rows = huddled_grid(d, {"exact": exact, "fp": fp}, thresholds=(0.0, 0.4))
+    by = {(r["t_o"], r["t_p"]): r for r in rows}
+    # T_O = -1: the whole set, the empty image included
+    assert (by[-1.0, 0.0]["images"], by[-1.0, 0.0]["instances"]) == (3, 3)
+    # class 1 (2 instances): the false positive ranks first, then the two hits: precision 0, 1/2, 2/3 at
+    # recall 0, 1/2, 1, i.e. interpolated precision 2/3 at every recall: AP 2/3 at every IoU threshold;
+    # class 2 (1 instance): AP 1. Mean over instances: (2 * 2/3 + 1 * 1) / 3 = 7/9
+    for iou_type in ("bbox", "segm"):
+        assert by[-1.0, 0.0][f"fp/{iou_type}"] == pytest.approx(100.0 * 7 / 9)
+        assert by[-1.0, 0.0][f"exact/{iou_type}"] == pytest.approx(100.0)
+    # only T_O = -1 keeps the empty image: at T_O = 0 only image 1 is huddled and the false positive on image 3
+    # does not count there
+    assert select_huddled_images(d, 0.0, 0.0) == [1]
+    assert (by[0.0, 0.0]["images"], by[0.0, 0.0]["instances"]) == (1, 2)
+    assert by[0.0, 0.0]["fp/bbox"] == pytest.approx(100.0) and by[0.0, 0.0]["fp/segm"] == pytest.approx(100.0)
+    assert by[0.4, 0.0]["images"] == 0
+    assert select_huddled_images(d, -1.0, 0.0) == [1, 2, 3]
