@@ -12,6 +12,12 @@ these are exactly the RoIs box head t+1 is trained on ("the box head at stage t 
 the mask head at stage t-1", Sec. 4.1). Every mask head is trained on its RoIs with IoU >= 0.5. At test time
 the intermediate mask heads run on all RoIs; the last one on the final detections, with the F_- of the RoI
 each detection was regressed from.
+
+M^{t-1}, the mask that guides box head t, is the mask head's only map when it is class-agnostic; with
+class-specific mask heads it is the map of the RoI's class: the class of its matched ground truth in training
+(the same class its mask loss trains), the class box head t-1 predicts for it at test time. A cascade stage
+labels RoIs below its IoU threshold background, but every mask head is trained on the RoIs with IoU >= 0.5,
+on the channel of their matched ground truth's class.
 """
 from typing import Dict, List, Optional
 
@@ -26,7 +32,14 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from .heads import FeatureFusion, FeatureMaskRCNNHead
-from .roi_heads import MPN_FEATURES, MPN_PROBS, MPNMixin, check_dsg_switches, kept_to_proposal_indices
+from .roi_heads import (
+    MATCHED_CLASSES,
+    MPN_FEATURES,
+    MPN_PROBS,
+    MPNMixin,
+    check_dsg_switches,
+    kept_to_proposal_indices,
+)
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -66,7 +79,7 @@ class CascadeDSGROIHeads(MPNMixin, CascadeROIHeads):
     @classmethod
     def from_config(cls, cfg, input_shape):
         dsg = cfg.MODEL.DSG
-        check_dsg_switches(dsg)
+        check_dsg_switches(cfg)
         if not dsg.MRPN_ON:
             raise ValueError("Cascade DSG needs MODEL.DSG.MRPN_ON=True (stage 0 is the mRPN); without it, "
                              "use CascadeROIHeads (Cascade Mask R-CNN)")
@@ -131,12 +144,28 @@ class CascadeDSGROIHeads(MPNMixin, CascadeROIHeads):
     @torch.no_grad()
     def _match_and_label_boxes(self, proposals, stage, targets):
         proposals = super()._match_and_label_boxes(proposals, stage, targets)
-        # the mask heads are trained on these RoIs too: they need their matched ground-truth masks
+        # the mask heads are trained on these RoIs too (those with IoU >= 0.5, which may be below this stage's
+        # threshold): they need the matched ground truth's mask and class
         for p, t in zip(proposals, targets):
             if len(t) > 0 and t.has("gt_masks") and len(p) > 0:
                 idx = pairwise_iou(t.gt_boxes, p.proposal_boxes).argmax(dim=0)
                 p.gt_masks = t.gt_masks[idx]
+                p.set(MATCHED_CLASSES, t.gt_classes[idx])
         return proposals
+
+    def _guide_classes(self, predictor, predictions, proposals, kept, rois) -> torch.Tensor:
+        """The class whose mask guides the next box head, per RoI of ``rois`` (class-specific mask heads): in
+        training the class of the ground truth the RoI is matched to, at test time (and for the RoIs of images
+        without ground truth) the class box head t predicts for it (its best foreground score)."""
+        with torch.no_grad():
+            probs = predictor.predict_probs(predictions, proposals)
+        out = []
+        for s, k, r in zip(probs, kept, rois):
+            if self.training and r.has(MATCHED_CLASSES):
+                out.append(r.get(MATCHED_CLASSES))
+            else:
+                out.append(s[k, :-1].argmax(dim=1))
+        return torch.cat(out)
 
     def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances], targets=None):
         box_features = [features[f] for f in self.box_in_features]
@@ -160,7 +189,12 @@ class CascadeDSGROIHeads(MPNMixin, CascadeROIHeads):
             mask_logits, feat = self._run_mask_head(features, head, k, [r.proposal_boxes for r in rois], prev_feat)
             if self.training:
                 losses[f"loss_mask_stage{k}"] = self.mask_loss_on_matched(head, mask_logits, rois)
-            proposals, prev_feat, prev_probs = rois, feat, self.probs_of(mask_logits)
+            if last:  # training: the last mask head guides no box head
+                break
+            classes = None
+            if mask_logits.shape[1] > 1:  # class-specific: the mask of each RoI's class guides (Eq. 3, M^t)
+                classes = self._guide_classes(self.box_predictor[k], predictions, proposals, kept, rois)
+            proposals, prev_feat, prev_probs = rois, feat, self.probs_of(mask_logits, classes)
 
         if self.training:
             storage = get_event_storage()

@@ -20,18 +20,40 @@ from .poolers import build_guided_pooler, pooler_args
 
 # per-RoI fields that carry the MPN's outputs from the box branch to the mask branch
 MPN_FEATURES, MPN_PROBS = "mpn_features", "mpn_probs"
+# per-RoI field of training RoIs: the class of the ground truth the RoI is matched to, whatever the IoU threshold
+# that labelled the RoI (a cascade stage labels RoIs under its threshold background, but its mask head is trained
+# on every RoI with IoU >= 0.5, Sec. 4.1, and with class-specific masks needs that RoI's class)
+MATCHED_CLASSES = "gt_matched_classes"
 # MODEL.DSG.MASK_MPN_SOURCE: the mask head's F_- / P at test time from each detection's proposal (the paper) or
 # from the MPN run on the detection itself
 MASK_MPN_SOURCES = ("proposal", "detection")
 
 
-def check_dsg_switches(dsg) -> None:
-    """mRPN is the necessity for the other designs (Sec. 4.2): refuse combinations without it."""
+def check_dsg_switches(cfg) -> None:
+    """Refuse, at build time and with one message, every ``MODEL.DSG`` setting that cannot do what it says.
+
+    - mRPN is the necessity for the other designs (Sec. 4.2): they need its P and F_-.
+    - The MPN is trained with mask supervision (Sec. 3.2): without ``MODEL.MASK_ON`` the data loader drops the
+      masks, ``loss_mpn`` stays 0 and SgRoIAlign would run on an untrained P.
+    - ``MASK_MPN_SOURCE detection`` and ``DETACH_PROBS`` change what the mask head (resp. the gradient through P)
+      gets: without a component that uses them they would be dropped silently.
+    """
+    dsg = cfg.MODEL.DSG
+    check_mask_mpn_source(dsg.MASK_MPN_SOURCE)
     needs_mrpn = [k for k in ("FUSE_MASK", "SG_ROI_ALIGN_BOX", "FUSE_BOX", "SG_ROI_ALIGN_MASK") if dsg.get(k)]
     if needs_mrpn and not dsg.MRPN_ON:
         raise ValueError(f"MODEL.DSG.{', '.join(needs_mrpn)} need(s) MODEL.DSG.MRPN_ON=True: their mask "
                          "probabilities and features come from the mask-supervised RPN")
-    check_mask_mpn_source(dsg.MASK_MPN_SOURCE)
+    if dsg.MRPN_ON and not cfg.MODEL.MASK_ON:
+        raise ValueError("MODEL.DSG.MRPN_ON needs MODEL.MASK_ON=True: the MPN is trained on the ground-truth masks, "
+                         "which the data loader drops without MASK_ON (DSG without masks would use an untrained P); "
+                         "for a box-only model set every MODEL.DSG switch to False (Faster R-CNN)")
+    if dsg.MASK_MPN_SOURCE != "proposal" and not (dsg.FUSE_MASK or dsg.SG_ROI_ALIGN_MASK):
+        raise ValueError("MODEL.DSG.MASK_MPN_SOURCE=detection changes the F_- / P the mask head gets, but neither "
+                         "MODEL.DSG.FUSE_MASK nor SG_ROI_ALIGN_MASK is on: set one, or MASK_MPN_SOURCE=proposal")
+    if dsg.DETACH_PROBS and not (dsg.SG_ROI_ALIGN_BOX or dsg.SG_ROI_ALIGN_MASK):
+        raise ValueError("MODEL.DSG.DETACH_PROBS stops the gradient through P, which only SgRoIAlign uses: set "
+                         "MODEL.DSG.SG_ROI_ALIGN_BOX (or SG_ROI_ALIGN_MASK), or DETACH_PROBS=False")
 
 
 def check_mask_mpn_source(value: str) -> None:
@@ -101,13 +123,31 @@ class MPNMixin:
         return self.mpn.layers_with_features(x)
 
     def mask_loss_on_matched(self, head, logits: torch.Tensor, rois: List[Instances]) -> torch.Tensor:
-        """``head``'s binary mask loss on the RoIs with IoU >= 0.5 to their matched ground truth (Sec. 4.1)."""
-        keep = mpn_training_rois(rois, self.mpn_iou_threshold)
-        return head.losses(logits[cat(keep)], [p[k] for p, k in zip(rois, keep)])
+        """``head``'s binary mask loss on the RoIs with IoU >= 0.5 to their matched ground truth (Sec. 4.1).
 
-    def probs_of(self, logits: torch.Tensor) -> torch.Tensor:
-        """P: a mask head's probability map per RoI (R, Hp, Wp), detached if DETACH_PROBS."""
-        probs = logits[:, 0].sigmoid()
+        A class-specific head is trained on the channel of the matched ground truth's class
+        (``MATCHED_CLASSES`` when the RoIs carry it, else their ``gt_classes``)."""
+        keep = mpn_training_rois(rois, self.mpn_iou_threshold)
+        kept = []
+        for p, k in zip(rois, keep):
+            p = p[k]
+            if p.has(MATCHED_CLASSES):
+                p.gt_classes = p.get(MATCHED_CLASSES)
+            kept.append(p)
+        return head.losses(logits[cat(keep)], kept)
+
+    def probs_of(self, logits: torch.Tensor, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """P: a mask head's probability map per RoI (R, Hp, Wp), detached if DETACH_PROBS.
+
+        A class-agnostic head (one channel: the MPN, Sec. 3.2) gives its only map; a class-specific head the map
+        of each RoI's class ``classes`` (R,)."""
+        if logits.shape[1] == 1:
+            logits = logits[:, 0]
+        else:
+            if classes is None or classes.shape != logits.shape[:1]:
+                raise ValueError("probs_of: a class-specific mask head needs one class per RoI to pick its mask")
+            logits = logits[torch.arange(len(logits), device=logits.device), classes]
+        probs = logits.sigmoid()
         return probs.detach() if self.detach_probs else probs
 
     @staticmethod
@@ -179,7 +219,7 @@ class DSGROIHeads(MPNMixin, StandardROIHeads):
     @classmethod
     def from_config(cls, cfg, input_shape):
         dsg = cfg.MODEL.DSG
-        check_dsg_switches(dsg)
+        check_dsg_switches(cfg)
         ret = super().from_config(cfg, input_shape)
         ret.update(cls._init_mpn(cfg, input_shape))
         ret["mask_mpn_source"] = dsg.MASK_MPN_SOURCE
@@ -189,10 +229,10 @@ class DSGROIHeads(MPNMixin, StandardROIHeads):
         k = dsg.FUSION_KERNEL_SIZE
         box_in = [input_shape[f].channels for f in cfg.MODEL.ROI_HEADS.IN_FEATURES][0]
         ret["sg_box"] = dsg.SG_ROI_ALIGN_BOX
-        ret["sg_mask"] = dsg.SG_ROI_ALIGN_MASK and cfg.MODEL.MASK_ON
+        ret["sg_mask"] = dsg.SG_ROI_ALIGN_MASK
         if dsg.FUSE_BOX:
             ret["box_fusion"] = FeatureFusion(mpn_dim, box_in, cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION, k)
-        if dsg.FUSE_MASK and cfg.MODEL.MASK_ON:
+        if dsg.FUSE_MASK:
             ret["mask_fusion"] = FeatureFusion(mpn_dim, box_in, cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION, k)
         return ret
 
