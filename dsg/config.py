@@ -30,8 +30,8 @@ def add_dsg_config(cfg) -> None:
     _C.SG_ROI_ALIGN_BOX = True
     # Table 1 "F_B": F_- -> adaptive average pooling to the box resolution -> conv -> summed with F_b
     _C.FUSE_BOX = True
-    # Table 1 "SgRA_M": the mask head's RoI features from SgRoIAlign too (guided by the P of the proposal
-    # each detection was regressed from)
+    # Table 1 "SgRA_M": the mask head's RoI features from SgRoIAlign too, guided by the P of the proposal each
+    # detection was regressed from, re-expressed over the detection's box (Eq. 1 reads P relative to the RoI)
     _C.SG_ROI_ALIGN_MASK = False
     # "exact": Eq. 2 with our SgRoIAlign op (P sampled at every sampling point); "bin_approx": RoIAlign
     # features times (1 + P averaged over each bin), the approximation of the authors' later code
@@ -53,6 +53,7 @@ def add_dsg_config(cfg) -> None:
     _C.MPN_POOLER_RESOLUTION = 14
     _C.MPN_POOLER_SAMPLING_RATIO = 0
     _C.MPN_POOLER_TYPE = "ROIAlignV2"
-    # the MPN is trained with a binary mask loss on RoIs with IoU >= 0.5 against a ground truth (Sec. 4.1)
+    # the MPN (and, in Cascade DSG, every stage's mask head) is trained with a binary mask loss on the RoIs with
+    # IoU >= 0.5 against a ground truth (Sec. 4.1)
     _C.MPN_IOU_THRESHOLD = 0.5
     _C.MPN_LOSS_WEIGHT = 1.0

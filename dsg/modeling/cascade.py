@@ -86,6 +86,9 @@ class CascadeDSGROIHeads(MPNMixin, CascadeROIHeads):
         if dsg.SG_ROI_ALIGN_MASK:
             raise ValueError("Cascade DSG pools mask features with plain RoIAlign (Eq. 3); "
                              "set MODEL.DSG.SG_ROI_ALIGN_MASK=False")
+        if cfg.MODEL.ROI_MASK_HEAD.NAME not in ("MaskRCNNConvUpsampleHead", "FeatureMaskRCNNHead"):
+            raise ValueError(f"Cascade DSG's mask heads are FeatureMaskRCNNHead (they hand F_- to the next stage, "
+                             f"Eq. 3); MODEL.ROI_MASK_HEAD.NAME={cfg.MODEL.ROI_MASK_HEAD.NAME!r} would be ignored")
         if dsg.MASK_MPN_SOURCE != "proposal":
             raise ValueError("Cascade DSG's last mask head takes F_-^{T-1} of the RoI each detection was "
                              "regressed from (Eq. 3); set MODEL.DSG.MASK_MPN_SOURCE=proposal")

@@ -14,12 +14,13 @@ from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads, select_foreground_proposals
 from detectron2.structures import Boxes, Instances
 from detectron2.structures.boxes import matched_pairwise_iou
+from torchvision.ops import roi_align
 
 from .heads import FeatureFusion, MaskProposalNetwork
-from .poolers import build_guided_pooler, pooler_args
+from .poolers import SG_MODES, build_guided_pooler, pooler_args
 
-# per-RoI fields that carry the MPN's outputs from the box branch to the mask branch
-MPN_FEATURES, MPN_PROBS = "mpn_features", "mpn_probs"
+# per-RoI fields that carry the MPN's outputs from the box branch to the mask branch, and the boxes the MPN ran on
+MPN_FEATURES, MPN_PROBS, MPN_BOXES = "mpn_features", "mpn_probs", "mpn_boxes"
 # per-RoI field of training RoIs: the class of the ground truth the RoI is matched to, whatever the IoU threshold
 # that labelled the RoI (a cascade stage labels RoIs under its threshold background, but its mask head is trained
 # on every RoI with IoU >= 0.5, Sec. 4.1, and with class-specific masks needs that RoI's class)
@@ -40,6 +41,10 @@ def check_dsg_switches(cfg) -> None:
     """
     dsg = cfg.MODEL.DSG
     check_mask_mpn_source(dsg.MASK_MPN_SOURCE)
+    if dsg.SG_MODE not in SG_MODES:
+        raise ValueError(f"MODEL.DSG.SG_MODE must be one of {SG_MODES}, got {dsg.SG_MODE!r}")
+    if dsg.FUSION_KERNEL_SIZE not in (1, 3):
+        raise ValueError(f"MODEL.DSG.FUSION_KERNEL_SIZE must be 1 or 3, got {dsg.FUSION_KERNEL_SIZE}")
     needs_mrpn = [k for k in ("FUSE_MASK", "SG_ROI_ALIGN_BOX", "FUSE_BOX", "SG_ROI_ALIGN_MASK") if dsg.get(k)]
     if needs_mrpn and not dsg.MRPN_ON:
         raise ValueError(f"MODEL.DSG.{', '.join(needs_mrpn)} need(s) MODEL.DSG.MRPN_ON=True: their mask "
@@ -72,6 +77,28 @@ def mpn_training_rois(proposals: List[Instances], iou_threshold: float) -> List[
         iou = matched_pairwise_iou(p.proposal_boxes, p.gt_boxes)
         out.append(iou >= iou_threshold)
     return out
+
+
+def reframe_probs(probs: torch.Tensor, src_boxes: torch.Tensor, dst_boxes: torch.Tensor) -> torch.Tensor:
+    """P (R, H, W), a probability map over each box of ``src_boxes`` (R, 4), as the same-size map over the box of
+    ``dst_boxes``: bilinear samples of P at the centres of dst's H x W grid (0 more than a pixel outside src).
+
+    SgRoIAlign (Eq. 1) reads P at sampling points relative to the RoI it pools, so P must be over that RoI: at test
+    time the mask head pools the regressed detection box while P was predicted over its proposal. Identical boxes
+    give P back."""
+    if probs.shape[0] == 0:
+        return probs
+    h, w = probs.shape[-2:]
+    src, dst = src_boxes.to(probs.dtype), dst_boxes.to(probs.dtype)
+    sw = (src[:, 2] - src[:, 0]).clamp(min=1e-6) / w
+    sh = (src[:, 3] - src[:, 1]).clamp(min=1e-6) / h
+    # dst in the continuous coordinates of P's grid (pixel j spans [j, j + 1]; aligned=True samples at j + 0.5)
+    rois = torch.stack([
+        torch.arange(len(probs), device=probs.device, dtype=probs.dtype),
+        (dst[:, 0] - src[:, 0]) / sw, (dst[:, 1] - src[:, 1]) / sh,
+        (dst[:, 2] - src[:, 0]) / sw, (dst[:, 3] - src[:, 1]) / sh,
+    ], dim=1)
+    return roi_align(probs[:, None], rois, (h, w), spatial_scale=1.0, sampling_ratio=1, aligned=True)[:, 0]
 
 
 def kept_to_proposal_indices(boxes, scores, kept: List[torch.Tensor]) -> List[torch.Tensor]:
@@ -170,7 +197,7 @@ class MPNMixin:
     def forward_with_given_boxes(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
         instances = super().forward_with_given_boxes(features, instances)
         for inst in instances:  # the MPN's per-RoI tensors are internal, not outputs
-            for name in (MPN_FEATURES, MPN_PROBS):
+            for name in (MPN_FEATURES, MPN_PROBS, MPN_BOXES):
                 if inst.has(name):
                     inst.remove(name)
         return instances
@@ -266,25 +293,35 @@ class DSGROIHeads(MPNMixin, StandardROIHeads):
                     for p, b in zip(proposals, pred_boxes):
                         p.proposal_boxes = Boxes(b)
             # the mask branch is trained on (the positive subset of) the same RoIs: hand it their F_- and P
-            for p, f, pr in zip(proposals, mpn_features.split(sizes), probs.split(sizes)):
+            for p, f, pr, b in zip(proposals, mpn_features.split(sizes), probs.split(sizes), boxes):
                 p.set(MPN_FEATURES, f)
                 p.set(MPN_PROBS, pr)
+                p.set(MPN_BOXES, b.tensor)
             return losses
         pred_instances, kept = self.box_predictor.inference(predictions, proposals)
         if self.mask_mpn_source == "detection":
             return pred_instances  # the mask branch runs the MPN on the detections (_mpn_outputs_for)
         kept = proposal_indices(self.box_predictor, predictions, proposals, kept)
-        for inst, k, f, pr in zip(pred_instances, kept, mpn_features.split(sizes), probs.split(sizes)):
+        for inst, k, f, pr, b in zip(pred_instances, kept, mpn_features.split(sizes), probs.split(sizes), boxes):
             inst.set(MPN_FEATURES, f[k])  # F_- and P of the proposal each detection was regressed from
             inst.set(MPN_PROBS, pr[k])
+            inst.set(MPN_BOXES, b.tensor[k])
         return pred_instances
 
     def _mpn_outputs_for(self, features, instances: List[Instances]):
         """F_- and P per RoI of ``instances``: carried from the box branch, or (MASK_MPN_SOURCE "detection", or
-        boxes given from outside, e.g. forward_with_given_boxes) computed by the MPN on the boxes themselves."""
-        if all(i.has(MPN_FEATURES) for i in instances):
-            return cat([i.get(MPN_FEATURES) for i in instances]), cat([i.get(MPN_PROBS) for i in instances])
+        boxes given from outside, e.g. forward_with_given_boxes) computed by the MPN on the boxes themselves.
+
+        A carried F_- stays as it is (Sec. 3.3 accepts its misalignment with the regressed box); a carried P is
+        re-expressed over each RoI's own box (``reframe_probs``), since SgRoIAlign reads P relative to the RoI."""
         boxes = [x.proposal_boxes if self.training else x.pred_boxes for x in instances]
+        if all(i.has(MPN_FEATURES) for i in instances):
+            probs = cat([i.get(MPN_PROBS) for i in instances])
+            if self.sg_mask:
+                src, dst = cat([i.get(MPN_BOXES) for i in instances]), cat([b.tensor for b in boxes])
+                if not torch.equal(src, dst):
+                    probs = reframe_probs(probs, src, dst)
+            return cat([i.get(MPN_FEATURES) for i in instances]), probs
         logits, feats = self.run_mpn(features, boxes)
         return feats, self.probs_of(logits)
 

@@ -23,7 +23,7 @@ from dsg.modeling import (  # noqa: E402
 )
 from dsg.config import TABLE1_ROWS, TABLE1_SWITCHES, table1_opts  # noqa: E402
 from dsg.layers import ShapeGuidedROIPooler  # noqa: E402
-from dsg.modeling.roi_heads import MATCHED_CLASSES  # noqa: E402
+from dsg.modeling.roi_heads import MATCHED_CLASSES, reframe_probs  # noqa: E402
 from instseg.config import get_cfg  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -111,6 +111,10 @@ def test_dsg_table1_rows_build_and_train_a_step(index, mask_opts):
     assert _built_components(model) == row
     if row[0]:
         assert rh.mpn.predictor.weight.grad.abs().sum() > 0
+    # the fusion convs start at zero, so only their gradient shows that F_- is added to the head's features
+    for fusion in (rh.box_fusion, rh.mask_fusion):
+        if fusion is not None:
+            assert fusion.conv.weight.grad.abs().sum() > 0
     # and it predicts standard Instances
     model.eval()
     with torch.no_grad():
@@ -207,6 +211,18 @@ def test_switches_that_cannot_work_stop_at_build_time(opts, match):
     assert str(err.value).count("MODEL.") >= 2  # says which keys to change
 
 
+@pytest.mark.parametrize("opts,match", [
+    # values that only the module using them would check: refused even when that module is not built
+    (["MODEL.DSG.SG_MODE", "approx", *table1_opts(2)], "SG_MODE"),
+    (["MODEL.DSG.FUSION_KERNEL_SIZE", "2", *table1_opts(1)], "FUSION_KERNEL_SIZE"),
+    # Cascade DSG builds its own mask heads: another ROI_MASK_HEAD.NAME would be ignored
+    (["MODEL.ROI_MASK_HEAD.NAME", "MyMaskHead", *CASCADE], "ROI_MASK_HEAD.NAME"),
+], ids=["sg_mode", "kernel_size", "cascade_mask_head"])
+def test_bad_values_stop_at_build_time_even_when_unused(opts, match):
+    with pytest.raises(ValueError, match=match):
+        build_model(make_cfg(*opts))
+
+
 def test_row0_without_masks_is_faster_rcnn():
     model = build_model(make_cfg("MODEL.MASK_ON", "False", *table1_opts(0)))
     model.train()
@@ -237,8 +253,10 @@ def test_dsg_sg_mode_bin_approx_is_roialign_times_one_plus_bin_mean(mask_opts):
     approx = BinApproxShapeGuidedPooler(7, scales, 0, "ROIAlignV2")(feats, boxes, probs)
     plain = ROIPooler(7, scales, 0, "ROIAlignV2")(feats, boxes)
     torch.testing.assert_close(approx, plain * (1 + probs.reshape(2, 1, 7, 4, 7, 4).mean((3, 5))))
-    cfg = make_cfg("MODEL.DSG.SG_MODE", "bin_approx", *mask_opts)
-    _, losses = train_step(cfg, synthetic_batch(2, empty=()))
+    cfg = make_cfg("MODEL.DSG.SG_MODE", "bin_approx", "MODEL.DSG.SG_ROI_ALIGN_MASK", "True", *mask_opts)
+    model, losses = train_step(cfg, synthetic_batch(2, empty=()))
+    assert type(model.roi_heads.box_pooler) is BinApproxShapeGuidedPooler
+    assert type(model.roi_heads.mask_pooler) is BinApproxShapeGuidedPooler
     assert torch.isfinite(losses["loss_cls"])
 
 
@@ -301,35 +319,69 @@ def test_dsg_inference_carries_proposal_indices_through_regression_and_nms():
     assert kept[0].tolist() != mapped.tolist()  # detectron2's own indices would point at the wrong RoIs
 
 
-def test_dsg_mask_branch_gets_the_features_of_its_proposal():
+@pytest.mark.parametrize("sg_mask", [False, True], ids=["F_M", "F_M+SgRA_M"])
+def test_dsg_mask_branch_gets_the_features_of_its_proposal(sg_mask, monkeypatch):
+    """Sec. 3.3 at test time: each detection's mask head gets the F_- of the very proposal it was regressed from,
+    and SgRA_M the P of that proposal re-expressed over the detection's box."""
+    import dsg.modeling.roi_heads as rh_module
+
     torch.manual_seed(0)
-    cfg = make_cfg("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
+    cfg = make_cfg("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.DSG.SG_ROI_ALIGN_MASK", str(sg_mask))
     model = build_model(cfg).eval()
     batch = [{k: v for k, v in d.items() if k != "instances"} for d in synthetic_batch(1, empty=())]
     captured = {}
     heads = model.roi_heads
-    orig_fwd_box, orig_fwd_mask = heads._forward_box, heads._forward_mask
+    orig_fwd_box, orig_pool = heads._forward_box, heads.pool_guided
+    orig_indices = rh_module.proposal_indices
 
     def fwd_box(features, proposals):
-        captured["proposals"] = proposals
-        captured["features"] = features
+        captured["proposals"], captured["features"] = proposals, features
         return orig_fwd_box(features, proposals)
 
-    def fwd_mask(features, instances):
-        captured["carried"] = instances[0].get("mpn_features").clone()
-        captured["boxes"] = instances[0].pred_boxes.tensor.clone()
-        return orig_fwd_mask(features, instances)
+    def indices(*args):
+        captured["indices"] = orig_indices(*args)[0]
+        return [captured["indices"]]
 
-    heads._forward_box, heads._forward_mask = fwd_box, fwd_mask
+    def pool(pooler, x, boxes, probs, guided, fusion, mpn_features):
+        if pooler is heads.mask_pooler:
+            captured["mask"] = (torch.cat([b.tensor for b in boxes]), probs, mpn_features)
+        return orig_pool(pooler, x, boxes, probs, guided, fusion, mpn_features)
+
+    heads._forward_box, heads.pool_guided = fwd_box, pool
+    monkeypatch.setattr(rh_module, "proposal_indices", indices)
     with torch.no_grad():
         out = model(batch)[0]["instances"]
-        props = captured["proposals"][0]
-        _, feats = heads.run_mpn(captured["features"], [props.proposal_boxes])
-    assert len(out) > 0 and not out.has("mpn_features")
-    # each detection's carried F_- is the F_- of one proposal, and that proposal regressed to its box
-    carried = captured["carried"]
-    dist = (carried.flatten(1)[:, None] - feats.flatten(1)[None]).abs().amax(-1)
-    assert torch.all(dist.min(dim=1).values < 1e-5)
+        props = captured["proposals"][0].proposal_boxes
+        logits, feats = heads.run_mpn(captured["features"], [props])
+    assert len(out) > 1 and not out.has("mpn_features") and not out.has("mpn_boxes")
+    idx = captured["indices"]
+    assert len(idx.unique()) > 1
+    boxes, probs, carried = captured["mask"]
+    torch.testing.assert_close(boxes, out.pred_boxes.tensor)
+    torch.testing.assert_close(carried, feats[idx])
+    src = props.tensor[idx]
+    assert not torch.allclose(src, boxes)  # the box regression moved the boxes
+    expected = reframe_probs(logits[idx, 0].sigmoid(), src, boxes) if sg_mask else logits[idx, 0].sigmoid()
+    torch.testing.assert_close(probs, expected)
+
+
+def test_dsg_sgra_m_reframe_probs_over_the_detection_box():
+    """P over a proposal, re-expressed over another box: the same box gives P; a box shifted right by half the
+    proposal's width sees P's right half in its left half (and 0 beyond P); a box twice as large sees P shrunk."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(2, 4, 6, generator=g)
+    src = torch.tensor([[10.0, 20.0, 40.0, 36.0], [0.0, 0.0, 12.0, 8.0]])
+    torch.testing.assert_close(reframe_probs(p, src, src), p)
+    shifted = src.clone()
+    shifted[:, [0, 2]] += (src[:, 2:3] - src[:, 0:1]) / 2
+    r = reframe_probs(p, src, shifted)
+    torch.testing.assert_close(r[:, :, :3], p[:, :, 3:])
+    assert r[:, :, 4:].abs().max() == 0  # more than a pixel of P's grid outside the proposal
+    big = torch.tensor([[10.0, 20.0, 70.0, 52.0]])  # the proposal is its top-left quarter
+    r = reframe_probs(p[:1], src[:1], big)[0]
+    # centre of the big box's bin (i, j) = P's continuous point (2j + 1, 2i + 1): the mean of a 2x2 block of P
+    torch.testing.assert_close(r[:2, :3], p[0].reshape(2, 2, 3, 2).mean((1, 3)))
+    assert reframe_probs(p[:0], src[:0], src[:0]).shape == (0, 4, 6)
 
 
 def test_dsg_mask_mpn_source_detection_runs_the_mpn_on_the_detections():
@@ -382,6 +434,8 @@ def test_cascade_dsg_eq3_trains_a_step_and_predicts(mask_opts):
     assert len(rh.stage_mask_heads) == 2 and len(rh.box_fusions) == 3 and len(rh.mask_fusions) == 3
     for head in list(rh.stage_mask_heads) + [rh.mask_head, rh.mpn]:
         assert head.predictor.weight.grad.abs().sum() > 0
+    for fusion in list(rh.box_fusions) + list(rh.mask_fusions):  # Eq. 3: w_b^t, w_m^t on F_-^{t-1}
+        assert fusion.conv.weight.grad.abs().sum() > 0
     model.eval()
     with torch.no_grad():
         out = model([{k: v for k, v in d.items() if k != "instances"} for d in synthetic_batch(2, empty=())])
