@@ -11,7 +11,9 @@ import os
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-METHOD_PACKAGES = ["maskpoint", "maskplus", "dsg", "rdsnet", "casnet"]
+# The method packages that ship: the one list of them (instseg finds them through the entry points below and
+# imports each, which registers what it adds; see instseg/registry.py). MaskPlus joins when its package lands.
+METHOD_PACKAGES = ["maskpoint", "dsg", "rdsnet", "casnet"]
 
 
 def _cuda_home_default():
@@ -91,6 +93,7 @@ setup(
         # (the Makefile does this, or uses $DETECTRON2_SRC).
     ],
     extras_require={"test": ["pytest"]},
+    entry_points={"instseg.methods": [f"{p} = {p}" for p in METHOD_PACKAGES]},
     ext_modules=get_extensions(),
     cmdclass=get_cmdclass(),
 )

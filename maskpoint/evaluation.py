@@ -53,3 +53,11 @@ class ContourKeypointEvaluator(COCOEvaluator):
         api.dataset = dataset
         api.createIndex()
         return api
+
+
+def contour_keypoint_evaluators(cfg, dataset_name, output_folder=None):
+    """The evaluators Mask Point R-CNN adds (``instseg.registry.METHOD_EVALUATOR_REGISTRY``): Table VII's
+    AP_keypoint when ``MODEL.MASK_POINT.EVAL_KEYPOINTS`` is on."""
+    if "MASK_POINT" in cfg.MODEL and cfg.MODEL.MASK_POINT.EVAL_KEYPOINTS:
+        return [ContourKeypointEvaluator.from_config(cfg, dataset_name, output_folder)]
+    return []

@@ -1,5 +1,13 @@
-"""RDSNet (object stream + pixel stream, correlation + cropping) as a detectron2 extension.
+"""RDSNet (``papers/rdsnet.txt``: object stream + pixel stream, correlation + cropping) as a detectron2 extension.
 
-``rdsnet.layers`` (the correlation + cropping op) needs only torch.
+``rdsnet.layers`` (the correlation + cropping op) needs only torch. Importing the package registers
+``add_rdsnet_config``; its detectron2 model (``rdsnet.modeling``) arrives with its issue.
 """
+from instseg.registry import METHOD_CONFIG_REGISTRY
+
 from . import layers  # noqa: F401
+from .config import add_rdsnet_config
+
+METHOD_CONFIG_REGISTRY.register(add_rdsnet_config)
+
+__all__ = ["add_rdsnet_config"]

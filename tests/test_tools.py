@@ -17,6 +17,7 @@ def test_benchmark_inference_json(capsys):
     base = os.path.join(ROOT, "configs", "Baselines", "mask_rcnn_R_18_FPN_synthetic.yaml")
     mp = os.path.join(ROOT, "configs", "MaskPoint", "mask_point_rcnn_R_18_FPN_synthetic.yaml")
     benchmark_inference.main(["--model", "a", base, "--model", "b", mp, "MODEL.MASK_POINT.NUM_POINTS", "8",
+                              "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS", "9",
                               "--size", "64", "64", "--repeats", "1", "--warmup", "0", "--detections", "5",
                               "--json"])
     out = json.loads(capsys.readouterr().out)

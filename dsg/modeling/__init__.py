@@ -1,7 +1,7 @@
 """DSG's detectron2 components (importing this registers DSGROIHeads, CascadeDSGROIHeads and
 FeatureMaskRCNNHead)."""
 from .heads import FeatureFusion, FeatureMaskRCNNHead, MaskProposalNetwork
-from .poolers import BinApproxShapeGuidedPooler, build_guided_pooler
+from .poolers import BinApproxShapeGuidedPooler, ShapeGuidedROIPooler, build_guided_pooler
 from .cascade import CascadeDSGROIHeads
 from .roi_heads import DSGROIHeads, MPNMixin, mpn_training_rois, proposal_indices
 
@@ -13,6 +13,7 @@ __all__ = [
     "FeatureMaskRCNNHead",
     "MPNMixin",
     "MaskProposalNetwork",
+    "ShapeGuidedROIPooler",
     "build_guided_pooler",
     "mpn_training_rois",
     "proposal_indices",

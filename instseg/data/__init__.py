@@ -18,5 +18,6 @@ if importlib.util.find_spec("detectron2") is not None:
         register_synthetic_from_cfg,
         specs_from_cfg,
     )
+    from .mappers import DATASET_MAPPER_REGISTRY, build_dataset_mapper  # noqa: F401
 
     register_all_synthetic()

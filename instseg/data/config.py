@@ -1,10 +1,14 @@
-"""Config keys of the embedded synthetic dataset (``DATASETS.SYNTHETIC``)."""
+"""Config keys of ``instseg.data``: the embedded synthetic dataset (``DATASETS.SYNTHETIC``) and the dataset
+mapper of the train/test loaders (``INPUT.DATASET_MAPPER_NAME``, see ``instseg.data.mappers``)."""
 from detectron2.config import CfgNode as CN
 
 from .datasets import DEFAULT_SPECS
+from .mappers import add_dataset_mapper_config
 
 
 def add_synthetic_config(cfg) -> None:
+    """The keys of ``instseg.data`` (``instseg.config.get_cfg`` calls this one function of the package)."""
+    add_dataset_mapper_config(cfg)
     train, val = DEFAULT_SPECS["train"], DEFAULT_SPECS["val"]
     cfg.DATASETS.SYNTHETIC = CN()
     # (height, width) of every synthetic image

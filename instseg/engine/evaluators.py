@@ -12,6 +12,7 @@ from detectron2.evaluation import (
 
 from instseg.compat import ensure_cityscapesscripts_alias
 from instseg.evaluation.cityscapes import CityscapesInstanceEvaluator
+from instseg.registry import METHOD_EVALUATOR_REGISTRY, load_methods
 
 from .errors import UserError
 
@@ -21,27 +22,33 @@ SUPPORTED = ("coco", "coco_panoptic_seg", "sem_seg", "cityscapes_instance", "cit
              "cityscapes_panoptic_seg")
 
 
-def coco_tasks(cfg):
-    """The COCO tasks a config's model is evaluated on: bbox, segm with MODEL.MASK_ON, keypoints with
-    MODEL.KEYPOINT_ON. Not what the predictions happen to carry: Mask Point R-CNN predicts contour keypoints
-    that COCO/Cityscapes ground truth does not have (its own evaluator scores them, see maskpoint)."""
-    return ("bbox",) + (("segm",) if cfg.MODEL.MASK_ON else ()) + (("keypoints",) if cfg.MODEL.KEYPOINT_ON else ())
+def coco_tasks(cfg, dataset_name):
+    """The COCO tasks a config's model is evaluated on, on ``dataset_name``: bbox; segm with MODEL.MASK_ON;
+    keypoints with MODEL.KEYPOINT_ON when the dataset has keypoint ground truth (its metadata names keypoints, as
+    detectron2's keypoint datasets do). Not what the predictions happen to carry: a model may predict keypoints of
+    its own making (Mask Point R-CNN's contour points) that no ground truth has; its own evaluator scores them."""
+    has_keypoints = bool(MetadataCatalog.get(dataset_name).get("keypoint_names", None))
+    return (
+        ("bbox",)
+        + (("segm",) if cfg.MODEL.MASK_ON else ())
+        + (("keypoints",) if cfg.MODEL.KEYPOINT_ON and has_keypoints else ())
+    )
 
 
 def method_evaluators(cfg, dataset_name, output_folder):
-    """Evaluators a method adds for what only it predicts (Mask Point R-CNN's contour keypoints)."""
-    if "MASK_POINT" in cfg.MODEL and cfg.MODEL.MASK_POINT.EVAL_KEYPOINTS:
-        from maskpoint.evaluation import ContourKeypointEvaluator
-
-        return [ContourKeypointEvaluator.from_config(cfg, dataset_name, output_folder)]
-    return []
+    """Evaluators the method packages add for what only they predict (``METHOD_EVALUATOR_REGISTRY``)."""
+    load_methods()
+    return [e for _, fn in sorted(METHOD_EVALUATOR_REGISTRY, key=lambda item: item[0])
+            for e in fn(cfg, dataset_name, output_folder)]
 
 
 def build_evaluator(cfg, dataset_name, output_folder=None):
     """The detectron2 evaluators that fit ``dataset_name``'s ``evaluator_type``.
 
     coco → COCOEvaluator on the tasks the config asks for (see ``coco_tasks``); cityscapes_instance →
-    CityscapesInstanceEvaluator; cityscapes_sem_seg / sem_seg → the semantic evaluators;
+    CityscapesInstanceEvaluator (mask AP, AP50, under "segm") and COCO box AP (under "bbox"; the dataset is
+    converted to COCO json in ``output_folder`` when its metadata has no json_file); cityscapes_sem_seg / sem_seg →
+    the semantic evaluators;
     coco_panoptic_seg / cityscapes_panoptic_seg → COCOPanopticEvaluator plus the semantic evaluator
     (and COCO instances when the metadata names an instances json).
     """
@@ -51,18 +58,21 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     evaluator_type = meta.get("evaluator_type", None)
     evaluators = []
     if evaluator_type == "coco":
-        evaluators.append(COCOEvaluator(dataset_name, tasks=coco_tasks(cfg), output_dir=output_folder))
+        evaluators.append(COCOEvaluator(dataset_name, tasks=coco_tasks(cfg, dataset_name), output_dir=output_folder))
     elif evaluator_type in ("sem_seg",):
         evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
     elif evaluator_type == "cityscapes_instance":
         evaluators.append(CityscapesInstanceEvaluator(dataset_name))
+        # box AP next to the Cityscapes instance metrics (Table VII of Mask Point R-CNN reports AP_bb)
+        evaluators.append(COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder))
     elif evaluator_type == "cityscapes_sem_seg":
         evaluators.append(CityscapesSemSegEvaluator(dataset_name))
     elif evaluator_type == "coco_panoptic_seg":
         evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
         evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
         if meta.get("json_file", None):
-            evaluators.append(COCOEvaluator(dataset_name, tasks=coco_tasks(cfg), output_dir=output_folder))
+            tasks = coco_tasks(cfg, dataset_name)
+            evaluators.append(COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder))
     elif evaluator_type == "cityscapes_panoptic_seg":
         evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
         evaluators.append(CityscapesSemSegEvaluator(dataset_name))

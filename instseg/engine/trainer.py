@@ -1,14 +1,18 @@
-"""The Trainer every method trains with: detectron2's DefaultTrainer plus evaluator selection and
-multi-process training on CPU-only machines."""
+"""The Trainer every method trains with: detectron2's DefaultTrainer plus evaluator selection, the dataset mapper
+named by ``INPUT.DATASET_MAPPER_NAME`` and multi-process training on CPU-only machines."""
 import contextlib
 import logging
 
 import detectron2.engine.defaults as d2_defaults
 import torch
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 
+from instseg.data.mappers import dataset_mapper_class
+
+from .errors import UserError
 from .evaluators import build_evaluator
 
 logger = logging.getLogger(__name__)
@@ -39,8 +43,19 @@ def _cpu_aware_ddp():
         d2_defaults.create_ddp_model = _D2_CREATE_DDP_MODEL
 
 
+def build_mapper(cfg, is_train: bool):
+    """The dataset mapper ``INPUT.DATASET_MAPPER_NAME`` names (``instseg.data.mappers``); an unknown name is a
+    UserError."""
+    try:
+        cls = dataset_mapper_class(cfg)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return cls(cfg, is_train)
+
+
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with evaluators chosen by ``evaluator_type`` and CPU-capable DDP."""
+    """DefaultTrainer with evaluators chosen by ``evaluator_type``, data loaders whose mapper is
+    ``INPUT.DATASET_MAPPER_NAME``'s, and CPU-capable DDP."""
 
     def __init__(self, cfg):
         with _cpu_aware_ddp():
@@ -71,6 +86,16 @@ class Trainer(DefaultTrainer):
         return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
             params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
         )
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """detectron2's train loader with the mapper ``INPUT.DATASET_MAPPER_NAME`` names."""
+        return build_detection_train_loader(cfg, mapper=build_mapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """detectron2's test loader with the mapper ``INPUT.DATASET_MAPPER_NAME`` names (in inference mode)."""
+        return build_detection_test_loader(cfg, dataset_name, mapper=build_mapper(cfg, is_train=False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -1,7 +1,8 @@
 """Contour-keypoint targets from the ground-truth masks of an (augmented) image.
 
-Targets are made after data augmentation, inside the ROI heads, from the masks the model is trained on;
-so flips, resizes and crops need no keypoint flip map.
+Targets are made after data augmentation, from the masks the model is trained on, so flips, resizes and crops need
+no keypoint flip map: ``maskpoint.data.ContourPointDatasetMapper`` calls :func:`contour_keypoints` in the data-loader
+workers; code that feeds the model its own batches calls it too (``instances.gt_keypoints``).
 """
 from typing import Optional
 

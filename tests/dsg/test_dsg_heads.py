@@ -22,7 +22,7 @@ from dsg.modeling import (  # noqa: E402
     proposal_indices,
 )
 from dsg.config import TABLE1_ROWS, TABLE1_SWITCHES, table1_opts  # noqa: E402
-from dsg.layers import ShapeGuidedROIPooler  # noqa: E402
+from dsg.modeling import ShapeGuidedROIPooler  # noqa: E402
 from dsg.modeling.roi_heads import MATCHED_CLASSES, reframe_probs  # noqa: E402
 from instseg.config import get_cfg  # noqa: E402
 

@@ -487,7 +487,7 @@ def test_dsg_pooler_zero_probs_equals_roipooler_across_fpn_levels(pooler_type):
     from detectron2.modeling.poolers import ROIPooler, assign_boxes_to_levels
     from detectron2.structures import Boxes
 
-    from dsg.layers import ShapeGuidedROIPooler
+    from dsg.modeling import ShapeGuidedROIPooler
 
     g = torch.Generator().manual_seed(0)
     scales = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
