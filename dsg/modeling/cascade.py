@@ -62,19 +62,27 @@ class CascadeDSGROIHeads(MPNMixin, CascadeROIHeads):
         detach_probs: bool = False,
         **kwargs,
     ):
+        """
+        Args:
+            mpn_pooler (ROIPooler), mpn (MaskProposalNetwork): stage 0, the mRPN's MPN and its RoIAlign (Eq. 3:
+                B^0, M^0, F_-^0).
+            stage_mask_heads (list[FeatureMaskRCNNHead]): mask heads m^1 .. m^{T-1}; m^T is ``mask_head``.
+            mpn_iou_threshold (float): the MPN and every mask head are trained on the RoIs with at least this IoU
+                (Sec. 4.1: 0.5).
+            sg_box (bool): every box head pools with SgRoIAlign guided by the previous stage's mask (f_s of Eq. 3).
+            box_fusions, mask_fusions (list[FeatureFusion]): w_b^t and w_m^t of Eq. 3 (one per stage), or None.
+            detach_probs (bool): stop the gradient of the box losses into the mask heads through M^{t-1}.
+            kwargs: the arguments of ``CascadeROIHeads``.
+        """
         super().__init__(**kwargs)
         if not self.mask_on:
             raise ValueError("CascadeDSGROIHeads needs MODEL.MASK_ON=True: every stage has a mask head")
         if len(stage_mask_heads) != self.num_cascade_stages - 1:
             raise ValueError("CascadeDSGROIHeads: one mask head per stage (the last is mask_head)")
-        self.mpn_pooler = mpn_pooler
-        self.mpn = mpn
+        self._set_mpn(mpn_pooler, mpn, mpn_iou_threshold, sg_box, detach_probs)
         self.stage_mask_heads = nn.ModuleList(stage_mask_heads)
-        self.mpn_iou_threshold = mpn_iou_threshold
-        self.sg_box = sg_box
         self.box_fusions = nn.ModuleList(box_fusions) if box_fusions else None
         self.mask_fusions = nn.ModuleList(mask_fusions) if mask_fusions else None
-        self.detach_probs = detach_probs
 
     @classmethod
     def from_config(cls, cfg, input_shape):

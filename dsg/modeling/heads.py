@@ -56,6 +56,13 @@ class MaskProposalNetwork(FeatureMaskRCNNHead):
 
     @configurable
     def __init__(self, input_shape: ShapeSpec, **kwargs):
+        """
+        Args:
+            input_shape (ShapeSpec): the RoI features' channels and resolution (``MODEL.DSG.MPN_POOLER_RESOLUTION``).
+            kwargs: as ``MaskRCNNConvUpsampleHead``: ``num_classes`` (1: class-agnostic), ``conv_dims`` (the
+                ``MPN_NUM_CONV`` convs of ``MPN_CONV_DIM`` channels, then the deconvolution's), ``conv_norm``,
+                ``loss_weight`` (of ``loss_mpn``), ``vis_period``.
+        """
         if kwargs["conv_dims"][0] < 1 or len(kwargs["conv_dims"]) < 2:
             raise ValueError("MODEL.DSG.MPN_NUM_CONV and MPN_CONV_DIM must be >= 1")
         super().__init__(input_shape, **kwargs)

@@ -144,6 +144,16 @@ class MPNMixin:
         return {"mpn_pooler": pooler, "mpn": mpn, "mpn_iou_threshold": dsg.MPN_IOU_THRESHOLD,
                 "detach_probs": dsg.DETACH_PROBS}
 
+    def _set_mpn(self, mpn_pooler, mpn, mpn_iou_threshold: float, sg_box: bool, detach_probs: bool) -> None:
+        """The state every DSG ROI head keeps about the mRPN (one place for both constructors)."""
+        if (mpn is None) != (mpn_pooler is None):
+            raise ValueError(f"{type(self).__name__}: the MPN needs its pooler and vice versa")
+        self.mpn_pooler = mpn_pooler
+        self.mpn = mpn
+        self.mpn_iou_threshold = mpn_iou_threshold
+        self.sg_box = sg_box
+        self.detach_probs = detach_probs
+
     def run_mpn(self, features: Dict[str, torch.Tensor], boxes: List[Boxes]) -> Tuple[torch.Tensor, torch.Tensor]:
         """MPN logits (R, 1, 2S, 2S) and intermediate features F_- (R, D, S, S) for the given RoIs."""
         x = self.mpn_pooler([features[f] for f in self.box_in_features], boxes)
@@ -225,22 +235,32 @@ class DSGROIHeads(MPNMixin, StandardROIHeads):
         mask_mpn_source: str = "proposal",
         **kwargs,
     ):
+        """
+        Args:
+            mpn_pooler (ROIPooler): RoIAlign of the MPN's RoI features (``MODEL.DSG.MPN_POOLER_*``); None without
+                the mRPN (Table 1 row 0: these heads are then ``StandardROIHeads``).
+            mpn (MaskProposalNetwork): the mask half of the mRPN (Sec. 3.2), class-agnostic; None without the mRPN.
+            mpn_iou_threshold (float): the MPN is trained on the RoIs with at least this IoU (Sec. 4.1: 0.5).
+            sg_box (bool): pool the box head's features with SgRoIAlign guided by P (SgRA_B, Sec. 3.4); the box
+                pooler is then a guided one (``build_guided_pooler``).
+            sg_mask (bool): the same for the mask head (SgRA_M).
+            box_fusion, mask_fusion (FeatureFusion): F_- -> conv, added to the box (F_B) / mask (F_M) head's RoI
+                features (Sec. 3.3); None to leave that head unfused.
+            detach_probs (bool): stop the gradient of the box and mask losses into the MPN through P.
+            mask_mpn_source (str): where the mask head's F_- / P come from at test time: "proposal" (Sec. 3.3)
+                or "detection" (the MPN runs again on the final boxes).
+            kwargs: the arguments of ``StandardROIHeads``.
+        """
         super().__init__(**kwargs)
         check_mask_mpn_source(mask_mpn_source)
-        if (mpn is None) != (mpn_pooler is None):
-            raise ValueError("DSGROIHeads: the MPN needs its pooler and vice versa")
         if mpn is None and (sg_box or sg_mask or box_fusion is not None or mask_fusion is not None):
             raise ValueError("DSGROIHeads: SgRoIAlign and feature fusion need the MPN (MODEL.DSG.MRPN_ON)")
         if (sg_mask or mask_fusion is not None) and not self.mask_on:
             raise ValueError("DSGROIHeads: SG_ROI_ALIGN_MASK / FUSE_MASK need MODEL.MASK_ON=True")
-        self.mpn_pooler = mpn_pooler
-        self.mpn = mpn
-        self.mpn_iou_threshold = mpn_iou_threshold
-        self.sg_box = sg_box
+        self._set_mpn(mpn_pooler, mpn, mpn_iou_threshold, sg_box, detach_probs)
         self.sg_mask = sg_mask
         self.box_fusion = box_fusion
         self.mask_fusion = mask_fusion
-        self.detach_probs = detach_probs
         self.mask_mpn_source = mask_mpn_source
 
     @classmethod
