@@ -101,6 +101,25 @@ def check_maskpoint_config(cfg) -> None:
                         "and predicts masks (Table VII's keypoint-only row, without a mask head, is "
                         "MODEL.MASK_POINT.MASK_HEAD False)")
         fixes += ["MODEL.MASK_ON", "True"]
+    from .contour import CENTERS, SAMPLINGS
+
+    if mp.SAMPLING not in SAMPLINGS:
+        problems.append(f"MODEL.MASK_POINT.SAMPLING must be one of {SAMPLINGS}, got {mp.SAMPLING!r}")
+        fixes += ["MODEL.MASK_POINT.SAMPLING", SAMPLINGS[0]]
+    if mp.CENTER not in CENTERS:
+        problems.append(f"MODEL.MASK_POINT.CENTER must be one of {CENTERS}, got {mp.CENTER!r}")
+        fixes += ["MODEL.MASK_POINT.CENTER", CENTERS[0]]
+    if mp.REDUCTION != "conv" and mp.FUSION_STRUCTURE in ("c", "d"):
+        problems.append(f"MODEL.MASK_POINT.REDUCTION {mp.REDUCTION} reduces 56x56 heatmaps to 28x28 (Table III: "
+                        f"structures a and b); structure {mp.FUSION_STRUCTURE} does not reduce")
+        fixes += ["MODEL.MASK_POINT.REDUCTION", "conv"]
+    if not mp.MASK_HEAD:
+        unused = {"FUSION_STRUCTURE": "b", "REDUCTION": "conv", "FUSION": "mul"}
+        for key, default in unused.items():
+            if mp[key] != default:
+                problems.append(f"MODEL.MASK_POINT.{key} {mp[key]} shapes the fusion into the mask head, which "
+                                "MASK_HEAD False does not have")
+                fixes += [f"MODEL.MASK_POINT.{key}", default]
     if not mp.MASK_HEAD and not mp.MASK_FROM_CONTOUR:
         problems.append("MODEL.MASK_POINT.MASK_HEAD is False (no mask head), so the masks can only be the filled "
                         "contour polygons")

@@ -41,6 +41,10 @@ class ContourPointDatasetMapper(DatasetMapper):
     def from_config(cls, cfg, is_train: bool = True):
         # DatasetMapper reads MODEL.KEYPOINT_ON as "the dataset has keypoint annotations" (it then needs their flip
         # map in the metadata); the contour points come from the masks instead, so build it as for keypoints off.
+        if cfg.MODEL.ROI_HEADS.NAME != "MaskPointROIHeads":
+            raise ValueError(f"INPUT.DATASET_MAPPER_NAME {cfg.INPUT.DATASET_MAPPER_NAME} gives Mask Point R-CNN's "
+                             f"contour-point targets, but MODEL.ROI_HEADS.NAME is {cfg.MODEL.ROI_HEADS.NAME!r}: use "
+                             "MaskPointROIHeads, or INPUT.DATASET_MAPPER_NAME DatasetMapper")
         d2_cfg = cfg.clone()
         d2_cfg.defrost()
         d2_cfg.MODEL.KEYPOINT_ON = False

@@ -31,9 +31,10 @@ class ContourFusion(nn.Module):
     Fusions (Table IV): ``mul`` (Eq. 2), ``add``, ``max``, or ``none`` (multi-task only: the mask logits pass
     unchanged; the keypoint branch is still trained).
 
-    The reduction conv starts at zero weight and a bias that makes the fusion the identity (O_k = 1 for
-    ``mul``, 0 otherwise), so training starts from the plain Mask R-CNN output and learns how much of the
-    contour map to use (the paper leaves the initialisation unspecified).
+    The reduction conv starts at zero weight and a bias that makes O_k constant: 1 for ``mul`` and 0 for ``add``,
+    where the fusion then starts as the identity, so training starts from the plain Mask R-CNN output and learns how
+    much of the contour map to use; 0 for ``max`` too, which starts as max(0, f_m) (a lower start would keep O_k below
+    f_m everywhere and the conv without gradient). The paper leaves the initialisation unspecified.
 
     For ``b`` with ``conv``, each of the k+1 maps has its own 3x3 kernel; since the channel sum of k+1
     per-channel convolutions is one (k+1)->1 convolution with those kernels and the summed bias, it is

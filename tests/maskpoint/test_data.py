@@ -55,6 +55,25 @@ def test_mapper_samples_the_points_of_the_augmented_masks(train_dicts):
     assert n > 10
 
 
+@pytest.mark.parametrize("sampling,center", [("corner", "mass"), ("uniform", "box")])
+def test_mapper_samples_as_the_config_says(train_dicts, sampling, center):
+    """Table VI / VII switches reach the mapper: its points are those of the configured sampling and centre, which
+    differ from the default's."""
+    mapper = build_mapper(make_cfg("MODEL.MASK_POINT.SAMPLING", sampling, "MODEL.MASK_POINT.CENTER", center), True)
+    d = next(d for d in train_dicts if len(d["annotations"]) > 1)
+    inst = mapper(d)["instances"]
+    kp = inst.gt_keypoints.tensor
+    want = contour_keypoints(inst.gt_masks, inst.image_size, 16, sampling, True, center).tensor
+    default = contour_keypoints(inst.gt_masks, inst.image_size, 16).tensor
+    torch.testing.assert_close(kp, want)
+    assert not torch.allclose(kp, default)
+
+
+def test_mapper_refuses_heads_that_are_not_mask_points():
+    with pytest.raises(ValueError, match="MaskPointROIHeads"):
+        build_mapper(make_cfg("MODEL.ROI_HEADS.NAME", "StandardROIHeads"), True)
+
+
 def test_mapper_edge_cases_are_clear(train_dicts):
     mapper = build_mapper(make_cfg(), is_train=True)
     d = dict(train_dicts[0], annotations=[])

@@ -127,6 +127,8 @@ def test_table4_none_is_multitask_only_and_init_is_identity():
     # the learnable reduction starts as the identity fusion: training starts from Mask R-CNN's output
     for fusion in ("mul", "add"):
         torch.testing.assert_close(ContourFusion(K, C, "b", "conv", fusion).double()(mask, kp), mask)
+    # max starts as max(0, f_m): O_k = 0 (the conv must see gradient where f_m < 0 to learn anything)
+    torch.testing.assert_close(ContourFusion(K, C, "b", "conv", "max").double()(mask, kp), mask.clamp(min=0))
     c = ContourFusion(K, C, "c", "conv", "add").double()
     torch.testing.assert_close(c.mask_upsample(mask), mask.repeat_interleave(2, 2).repeat_interleave(2, 3))
 

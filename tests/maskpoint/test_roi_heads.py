@@ -183,6 +183,8 @@ def test_every_ablation_switch_builds_and_trains_a_step(key, value):
     model, losses = train_step(cfg, with_contour_targets(synthetic_batch(2, empty=()), cfg))
     assert all(torch.isfinite(v) for v in losses.values())
     assert losses["loss_keypoint"].item() > 0
+    fusion, mp = model.roi_heads.fusion, cfg.MODEL.MASK_POINT  # the switch reached the module it shapes
+    assert (fusion.structure, fusion.reduction, fusion.fusion) == (mp.FUSION_STRUCTURE, mp.REDUCTION, mp.FUSION)
     if value == "none":
         assert model.roi_heads.fusion.fusion == "none"
     if key.endswith("FUSION_STRUCTURE"):
@@ -253,6 +255,21 @@ def test_bad_settings_are_clear_errors():
         build_model(make_cfg("MODEL.MASK_POINT.MASK_HEAD", "False"))
     with pytest.raises(ValueError, match="NUM_POINTS"):
         build_model(make_cfg("MODEL.MASK_POINT.NUM_POINTS", "0"))
+    # switches that would be ignored stop the build (Table III's reductions apply to structures a and b only; the
+    # keypoint-only row has no fusion); values the data loader would only check later are checked here
+    bad = [
+        (("MODEL.MASK_POINT.FUSION_STRUCTURE", "c", "MODEL.MASK_POINT.REDUCTION", "max"), "REDUCTION conv"),
+        (("MODEL.MASK_POINT.FUSION_STRUCTURE", "d", "MODEL.MASK_POINT.REDUCTION", "avg"), "REDUCTION conv"),
+        (("MODEL.MASK_POINT.MASK_HEAD", "False", "MODEL.MASK_POINT.MASK_FROM_CONTOUR", "True",
+          "MODEL.MASK_POINT.FUSION_STRUCTURE", "d"), "FUSION_STRUCTURE b"),
+        (("MODEL.MASK_POINT.MASK_HEAD", "False", "MODEL.MASK_POINT.MASK_FROM_CONTOUR", "True",
+          "MODEL.MASK_POINT.FUSION", "add"), "FUSION mul"),
+        (("MODEL.MASK_POINT.SAMPLING", "corners"), "SAMPLING uniform"),
+        (("MODEL.MASK_POINT.CENTER", "centroid"), "CENTER mass"),
+    ]
+    for opts, fix in bad:
+        with pytest.raises(ValueError, match=fix):
+            build_model(make_cfg(*opts))
 
 
 def test_sec4e_contour_polygon_masks_fill_the_predicted_polygon():
