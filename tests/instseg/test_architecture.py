@@ -7,6 +7,7 @@ import re
 import pytest
 
 from instseg.registry import method_packages
+from tests.utils import requires_detectron2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -71,8 +72,8 @@ def test_the_method_list_is_only_in_packaging():
     assert not offenders
 
 
+@requires_detectron2
 def test_importing_a_method_registers_its_config_function():
-    pytest.importorskip("detectron2", reason="needs detectron2 for a config")
     from instseg.config import get_cfg
     from instseg.registry import METHOD_CONFIG_REGISTRY, load_methods
 
