@@ -1,22 +1,22 @@
 """Mask Point R-CNN (``papers/mask_point_rcnn.txt``) as a detectron2 extension.
 
-``maskpoint.sample_contour_points`` (the contour-point targets) and ``maskpoint.modeling.fusion`` need only
-numpy/OpenCV/torch; the detectron2 parts (ROI heads, keypoint head, the dataset mapper that samples the targets)
-are registered when detectron2 is installed.
+``maskpoint.layers`` (the contour-point sampler of Sec. III-C and the fusion of Eq. 1-2) needs only numpy, OpenCV and
+torch. With detectron2 installed, importing the package registers the detectron2 parts (``maskpoint.modeling``: ROI
+heads, contour keypoint head, the dataset mapper that samples the targets) and the contour-keypoint evaluator
+(``maskpoint.evaluation``); it always registers ``add_maskpoint_config``.
 """
 import importlib.util
 
-from . import (
-    data,  # noqa: F401  (with detectron2: registers ContourPointDatasetMapper)
-    modeling,  # noqa: F401  (with detectron2: registers MaskPointROIHeads, ContourPointHead)
-)
 from instseg.registry import METHOD_CONFIG_REGISTRY, METHOD_EVALUATOR_REGISTRY
 
+from . import layers  # noqa: F401
 from .config import add_maskpoint_config
-from .contour import sample_contour_points
+from .layers import sample_contour_points
 
 METHOD_CONFIG_REGISTRY.register(add_maskpoint_config)
+
 if importlib.util.find_spec("detectron2") is not None:
+    from . import modeling  # noqa: F401  (registers MaskPointROIHeads, ContourPointHead, ContourPointDatasetMapper)
     from .evaluation import contour_keypoint_evaluators
 
     METHOD_EVALUATOR_REGISTRY.register(contour_keypoint_evaluators)

@@ -36,7 +36,7 @@ def add_maskpoint_config(cfg) -> None:
     _C.OKS_SIGMAS = [0.025]
 
 
-# The dataset mapper that samples the contour points in the data loader (maskpoint.data), and the detectron2 keys
+# The dataset mapper that samples the contour points in the data loader (maskpoint.modeling.ContourPointDatasetMapper), and the detectron2 keys
 # that its keypoint branch implies.
 MAPPER_NAME = "ContourPointDatasetMapper"
 
@@ -101,7 +101,7 @@ def check_maskpoint_config(cfg) -> None:
                         "and predicts masks (Table VII's keypoint-only row, without a mask head, is "
                         "MODEL.MASK_POINT.MASK_HEAD False)")
         fixes += ["MODEL.MASK_ON", "True"]
-    from .contour import CENTERS, SAMPLINGS
+    from .layers import CENTERS, SAMPLINGS
 
     if mp.SAMPLING not in SAMPLINGS:
         problems.append(f"MODEL.MASK_POINT.SAMPLING must be one of {SAMPLINGS}, got {mp.SAMPLING!r}")
@@ -135,6 +135,6 @@ def check_maskpoint_config(cfg) -> None:
 def _is_contour_mapper(name) -> bool:
     from instseg.data.mappers import DATASET_MAPPER_REGISTRY
 
-    from .data import ContourPointDatasetMapper
+    from .modeling import ContourPointDatasetMapper
 
     return name in DATASET_MAPPER_REGISTRY and issubclass(DATASET_MAPPER_REGISTRY.get(name), ContourPointDatasetMapper)

@@ -1,14 +1,14 @@
-"""Mask Point R-CNN's components. ``fusion`` needs only torch; the rest (importing them registers
-``MaskPointROIHeads`` and ``ContourPointHead``) needs detectron2."""
-import importlib.util
+"""Mask Point R-CNN's detectron2 components (importing this registers ``MaskPointROIHeads``, ``ContourPointHead`` and
+``ContourPointDatasetMapper``)."""
+from .dataset_mapper import ContourPointDatasetMapper
+from .keypoint_head import ContourPointHead
+from .roi_heads import MaskPointROIHeads, contour_polygon_masks
+from .targets import contour_keypoints
 
-from .fusion import ContourFusion
-
-__all__ = ["ContourFusion"]
-
-if importlib.util.find_spec("detectron2") is not None:
-    from .keypoint_head import ContourPointHead
-    from .roi_heads import MaskPointROIHeads, contour_polygon_masks
-    from .targets import contour_keypoints
-
-    __all__ += ["ContourPointHead", "MaskPointROIHeads", "contour_keypoints", "contour_polygon_masks"]
+__all__ = [
+    "ContourPointDatasetMapper",
+    "ContourPointHead",
+    "MaskPointROIHeads",
+    "contour_keypoints",
+    "contour_polygon_masks",
+]

@@ -13,7 +13,7 @@ from detectron2.modeling.roi_heads.mask_head import mask_rcnn_inference, mask_rc
 from detectron2.structures import Instances
 
 from ..config import MAPPER_NAME, check_maskpoint_config
-from .fusion import ContourFusion
+from ..layers import ContourFusion
 
 
 def contour_polygon_masks(keypoints: torch.Tensor, boxes: torch.Tensor, num_contour: int, side: int):
@@ -45,7 +45,7 @@ def contour_polygon_masks(keypoints: torch.Tensor, boxes: torch.Tensor, num_cont
 class MaskPointROIHeads(StandardROIHeads):
     """``StandardROIHeads`` whose keypoint head predicts k+1 contour points and whose mask logits are fused with
     the keypoint logits (Eq. 1-2). The contour-point targets (``gt_keypoints``) come with the training data:
-    ``maskpoint.data.ContourPointDatasetMapper`` samples them from the masks after augmentation.
+    ``maskpoint.modeling.ContourPointDatasetMapper`` samples them from the masks after augmentation.
 
     Outputs standard ``Instances``: ``pred_masks`` from the fused mask head (or, with ``MASK_FROM_CONTOUR``, from
     the filled polygon of the predicted contour) and ``pred_keypoints`` (N, k+1, 3) = the predicted contour points

@@ -1,7 +1,7 @@
 """Contour-keypoint targets from the ground-truth masks of an (augmented) image.
 
 Targets are made after data augmentation, from the masks the model is trained on, so flips, resizes and crops need
-no keypoint flip map: ``maskpoint.data.ContourPointDatasetMapper`` calls :func:`contour_keypoints` in the data-loader
+no keypoint flip map: ``maskpoint.modeling.ContourPointDatasetMapper`` calls :func:`contour_keypoints` in the data-loader
 workers; code that feeds the model its own batches calls it too (``instances.gt_keypoints``).
 """
 from typing import Optional
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from detectron2.structures import BitMasks, Keypoints, PolygonMasks, polygons_to_bitmask
 
-from ..contour import sample_contour_points
+from ..layers import sample_contour_points
 
 
 def _mask_crops(gt_masks, image_size):

@@ -82,3 +82,18 @@ def test_importing_a_method_registers_its_config_function():
     cfg = get_cfg()
     for node in ("MASK_POINT", "DSG", "RDSNET", "CASNET"):
         assert node in cfg.MODEL
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_package_has_the_same_anatomy(method):
+    """<method>/{__init__.py, config.py with add_<method>_config, layers/}; layers/ imports no detectron2 (CI without
+    detectron2 tests it); the detectron2 import guard is in the package's __init__.py only."""
+    root = os.path.join(ROOT, method)
+    assert os.path.isfile(os.path.join(root, "__init__.py")) and os.path.isfile(os.path.join(root, "layers", "__init__.py"))
+    assert f"def add_{method}_config(" in open(os.path.join(root, "config.py")).read()
+    for f in _python_files(method):
+        rel = os.path.relpath(f, root)
+        if rel.startswith("layers" + os.sep):
+            assert "detectron2" not in _imported_top_packages(f), rel
+        if rel != "__init__.py":
+            assert 'find_spec("detectron2")' not in open(f).read(), rel

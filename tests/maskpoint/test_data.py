@@ -14,7 +14,7 @@ from instseg.config import get_cfg  # noqa: E402
 from instseg.data.datasets import register_synthetic_from_cfg  # noqa: E402
 from instseg.engine import Trainer, UserError  # noqa: E402
 from instseg.engine.trainer import build_mapper  # noqa: E402
-from maskpoint.data import ContourPointDatasetMapper  # noqa: E402
+from maskpoint.modeling import ContourPointDatasetMapper  # noqa: E402
 from maskpoint.modeling import contour_keypoints  # noqa: E402
 from tests.maskpoint.test_roi_heads import CONFIG  # noqa: E402
 

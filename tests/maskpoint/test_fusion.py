@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from maskpoint.modeling.fusion import FUSIONS, REDUCTIONS, STRUCTURES, ContourFusion
+from maskpoint.layers import FUSIONS, REDUCTIONS, STRUCTURES, ContourFusion
 
 K, C, R = 5, 3, 4
 

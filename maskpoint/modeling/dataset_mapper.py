@@ -6,7 +6,7 @@ from detectron2.structures import Keypoints
 
 from instseg.data.mappers import DATASET_MAPPER_REGISTRY
 
-from ..modeling.targets import contour_keypoints
+from .targets import contour_keypoints
 
 
 @DATASET_MAPPER_REGISTRY.register()

@@ -5,7 +5,7 @@ import copy
 import numpy as np
 from detectron2.evaluation import COCOEvaluator
 
-from .contour import sample_contour_points
+from ..layers import sample_contour_points
 
 
 class ContourKeypointEvaluator(COCOEvaluator):
