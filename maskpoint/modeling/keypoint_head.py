@@ -12,6 +12,14 @@ class ContourPointHead(KRCNNConvDeconvUpsampleHead):
 
     @configurable
     def __init__(self, input_shape, *, upsample: bool = True, **kwargs):
+        """
+        Args:
+            input_shape (ShapeSpec): the RoI features (14x14 with ``ROI_KEYPOINT_HEAD.POOLER_RESOLUTION`` 14).
+            upsample (bool): keep detectron2's last 2x bilinear upsampling (56x56 heatmaps); False for fusion
+                structure ``d`` (28x28, the mask resolution).
+            kwargs: as ``KRCNNConvDeconvUpsampleHead``: ``num_keypoints`` (k + 1), ``conv_dims``, ``loss_weight`` (α),
+                ``loss_normalizer``.
+        """
         super().__init__(input_shape, **kwargs)
         self.up_scale = 2.0 if upsample else 1.0
 
