@@ -4,9 +4,16 @@
 The extension is built from ``csrc/``: every ``*.cpp`` always, every ``*.cu`` when the CUDA toolkit is
 found and torch is a CUDA build (or ``FORCE_CUDA=1``). ``INSTSEG_NO_EXT=1`` skips the extension
 entirely; the ops then fall back to their pure-PyTorch references (CPU only).
+
+The C++ is compiled with OpenMP (``-fopenmp``) when the compiler takes it: ATen's ``at::parallel_for``, which
+the CPU kernels use, is an inline OpenMP loop that runs serially in code compiled without it.
+``INSTSEG_NO_OPENMP=1`` builds without; ``instseg._C.with_openmp()`` tells which it was.
 """
 import glob
 import os
+import subprocess
+import sys
+import tempfile
 
 from setuptools import find_packages, setup
 
@@ -25,6 +32,30 @@ def _cuda_home_default():
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0+PTX")
 
 
+def _openmp_flags():
+    """``["-fopenmp"]`` when the C++ compiler compiles and links an OpenMP program with it, else ``[]``.
+
+    GCC does; Apple's clang does not (it needs a separately installed libomp), and the build then goes on
+    without OpenMP (the kernels run on one thread) instead of failing. At run time the extension shares
+    torch's OpenMP runtime (the same ``libgomp.so.1``), so ``torch.set_num_threads`` governs its loops too.
+    """
+    if os.environ.get("INSTSEG_NO_OPENMP", "0") == "1":
+        return []
+    cxx = os.environ.get("CXX", "c++")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "omp.cpp")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+        try:
+            done = subprocess.run([cxx, "-fopenmp", src, "-o", os.path.join(tmp, "omp")], capture_output=True)
+        except OSError:
+            return []
+    if done.returncode != 0:
+        print(f"instseg: {cxx} does not take -fopenmp; the CPU kernels will run on one thread", file=sys.stderr)
+        return []
+    return ["-fopenmp"]
+
+
 def get_extensions():
     if os.environ.get("INSTSEG_NO_EXT", "0") == "1":
         return []
@@ -40,7 +71,11 @@ def get_extensions():
     with_cuda = os.environ.get("FORCE_CUDA", "0") == "1" or (
         CUDA_HOME is not None and torch.version.cuda is not None
     )
-    extra = {"cxx": ["-O3"]}
+    openmp = _openmp_flags()
+    # -fno-trapping-math: the kernels never read floating-point exception flags, and without it GCC keeps a
+    # comparison-and-select (`uni > 0 ? inter / uni : 0`) as a branch, which stops the loop from vectorising.
+    # It changes no result (no reassociation, no contraction).
+    extra = {"cxx": ["-O3", "-fno-trapping-math"] + openmp}
     define_macros = []
     ext_cls = CppExtension
     if with_cuda and cuda_sources:
@@ -56,6 +91,7 @@ def get_extensions():
             include_dirs=[csrc],
             define_macros=define_macros,
             extra_compile_args=extra,
+            extra_link_args=openmp,
         )
     ]
 
@@ -76,7 +112,10 @@ setup(
     packages=find_packages(include=["instseg", "instseg.*"] + [f"{p}*" for p in METHOD_PACKAGES]),
     python_requires=">=3.9",
     install_requires=[
-        "torch>=2.0",
+        # torch >= 2.4: the ops' fake kernels and autograd go through torch.library.register_fake /
+        # register_autograd (tested with torch.library.opcheck), their C++ schemas name that Python module with
+        # Library::set_python_module, and the wrappers use torch.compiler.is_compiling.
+        "torch>=2.4",
         # torchvision >= 0.29: the CPU-only torch wheel on these machines has no matching torchvision;
         # requiring a newer one makes pip take the registry's torch, whose ops load.
         "torchvision>=0.29",

@@ -1,10 +1,13 @@
 """Loader for the compiled extension ``instseg._C`` and the input checks every op wrapper shares.
 
-Op wrappers (``dsg.layers``, ``rdsnet.layers``, ``casnet.layers``) ask :func:`get_op` for the compiled
-kernel. When the extension was not built they fall back to their pure-PyTorch reference on CPU (with a
-one-time warning); a CUDA tensor with no CUDA kernel is a clear error.
+The extension defines each op's schema and its CPU/CUDA kernels (``csrc/<op>/``). The op wrapper modules of the
+method packages (the module each op names with ``set_python_module`` in its ``<op>.cpp``) register the rest with
+``torch.library`` when :func:`extension_available`: the fake (meta) kernels (``register_fake``) and the backward
+formula (``register_autograd``), as torchvision does for its ops, so the ops work on meta tensors and under
+``torch.compile`` / ``torch.export``. The wrappers call the compiled op through :func:`dispatch`; when the
+extension was not built they fall back to their pure-PyTorch reference on CPU (with a one-time warning), and a
+CUDA tensor with no CUDA kernel is a clear error.
 """
-import functools
 import logging
 import warnings
 from typing import Optional, Sequence
@@ -13,38 +16,56 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+# What the extension offers, read once when it is first asked for (plain values, so that the wrappers' checks
+# trace under torch.compile): None until then, {} when instseg._C cannot be imported.
+_FEATURES: Optional[dict] = None
 
-@functools.lru_cache(maxsize=None)
-def _load_extension() -> bool:
-    try:
-        from instseg import _C  # noqa: F401  (importing registers torch.ops.instseg.*)
-    except ImportError as e:
-        logger.debug("instseg._C could not be imported: %s", e)
-        return False
-    return True
+
+def _features() -> dict:
+    global _FEATURES
+    if _FEATURES is None:
+        try:
+            from instseg import _C  # importing registers torch.ops.instseg.*
+        except ImportError as e:
+            logger.debug("instseg._C could not be imported: %s", e)
+            _FEATURES = {}
+        else:
+            with_openmp = getattr(_C, "with_openmp", None)  # builds before it was exposed had no OpenMP
+            _FEATURES = {"cuda": bool(_C.with_cuda()), "openmp": bool(with_openmp()) if with_openmp else False}
+    return _FEATURES
 
 
 def extension_available() -> bool:
     """Whether the compiled extension ``instseg._C`` is importable."""
-    return _load_extension()
+    return bool(_features())
 
 
 def extension_has_cuda() -> bool:
     """Whether the compiled extension has its CUDA kernels."""
-    if not _load_extension():
-        return False
-    from instseg import _C
+    return _features().get("cuda", False)
 
-    return bool(_C.with_cuda())
+
+def extension_has_openmp() -> bool:
+    """Whether the extension's C++ was compiled with OpenMP, so that ``at::parallel_for`` in its CPU kernels
+    runs on ``torch.get_num_threads()`` threads (without it ATen runs those loops serially)."""
+    return _features().get("openmp", False)
 
 
 def get_op(name: str):
     """The compiled op ``torch.ops.instseg.<name>``, or None when it is not available."""
-    _load_extension()
+    if not _features():
+        return None
     try:
         return getattr(torch.ops.instseg, name)
     except (AttributeError, RuntimeError):
         return None
+
+
+def values_readable(*tensors: torch.Tensor) -> bool:
+    """Whether an op wrapper may read these tensors' values for a data check (e.g. that batch indices lie in
+    range): not while ``torch.compile`` / ``torch.export`` trace it, nor for meta tensors. The compiled kernels
+    check such data again themselves."""
+    return not torch.compiler.is_compiling() and not any(t.is_meta for t in tensors)
 
 
 _warned = set()
@@ -62,7 +83,8 @@ def warn_fallback_once(op_name: str) -> None:
 
 
 def dispatch(op_name: str, reference, *tensors: torch.Tensor):
-    """Return the compiled op for these tensors, or ``reference`` when falling back is allowed.
+    """Return the compiled op ``torch.ops.instseg.<op_name>`` for these tensors, or ``reference`` when falling
+    back is allowed (no extension, CPU tensors). Meta and fake tensors get the compiled op (its fake kernel).
 
     Raises a clear RuntimeError for CUDA tensors when the extension has no CUDA kernels.
     """

@@ -7,6 +7,12 @@
 
 Each op's module in tools/bench/ times the compiled op and its reference(s) on the same inputs and
 returns the times (seconds, median of the repeats) and the ratios; see that module for sizes and goals.
+It also times the compiled CPU kernels (each op's forward and backward) at 1 thread and at all threads
+(``--threads``, default torch's), the two counts taking turns, and reports their ratio
+(``thread_speedup``; issue 13's goal on 2 cores: >= 1.6x). ``summary`` gathers, per op and pass, the
+thread scaling and the speed-ups against the references (``vs_<reference>`` = reference time / op time),
+printed as a table at the end. The machine block says whether instseg._C was built with OpenMP (without
+it ATen's ``at::parallel_for`` runs our loops on one thread).
 """
 import argparse
 import importlib
@@ -46,7 +52,7 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
 
-    from instseg.extension import extension_available, extension_has_cuda
+    from instseg.extension import extension_available, extension_has_cuda, extension_has_openmp
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -59,6 +65,7 @@ def main(argv=None):
             "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "extension": extension_available(),
             "extension_cuda": extension_has_cuda(),
+            "extension_openmp": extension_has_openmp(),
         },
         "ops": {},
     }
@@ -73,7 +80,33 @@ def main(argv=None):
         for k, v in rows:
             v = f"{v:.6g}" if isinstance(v, float) else v
             print(f"{k:<{width}}  {v}")
+        print()
+        print(summary_table(report))
     return report
+
+
+def summary_table(report) -> str:
+    """The summary of every op as a text table: times at 1 / all threads, their ratio, speed-ups vs references."""
+    n = report["machine"]["threads"]
+    header = ["op", "pass", "1 thread (ms)", f"{n} threads (ms)", "thread speed-up", "speed-up vs references"]
+    lines = []
+    for op, res in report["ops"].items():
+        for name, row in res.get("summary", {}).items():
+            t1, tn = row.get("threads_1_s"), row.get(f"threads_{n}_s")
+            refs = ", ".join(f"{k[3:]} {v:.2f}x" for k, v in row.items() if k.startswith("vs_"))
+            lines.append(
+                [
+                    op,
+                    name,
+                    f"{t1 * 1e3:.2f}" if t1 is not None else "-",
+                    f"{tn * 1e3:.2f}" if tn is not None and n > 1 else "-",
+                    f"{row['thread_speedup']:.2f}x" if "thread_speedup" in row else "-",
+                    refs,
+                ]
+            )
+    widths = [max(len(str(r[i])) for r in [header] + lines) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*r) for r in [header] + lines)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,12 @@ Three entry points share this definition:
 
 * :func:`iou_vote` — the op: the compiled kernel of ``instseg._C`` (CPU or CUDA), falling back to the
   reference on CPU when the extension is not built;
-* :func:`iou_vote_reference` — pure PyTorch, vectorised over (pixels x seeds) in chunks; the oracle of the
-  tests and the fallback;
-* :func:`iou_vote_numpy` — the same code path on NumPy arrays (the benchmark's reference).
+* :func:`iou_vote_reference` — pure PyTorch, vectorised over (pixels x all seeds) in chunks; an oracle of
+  the tests and the fallback;
+* :func:`iou_vote_numpy` — NumPy, class by class: one broadcast IoU of the class's pixel boxes against its
+  seeds, then the tie rule; the other oracle of the tests and the benchmark's reference.
 
-The reference evaluates the same formulas in the same order as the kernels (``csrc/iou_vote/iou_vote.h``),
+Both references evaluate the same formulas in the same order as the kernels (``csrc/iou_vote/iou_vote.h``),
 so results agree exactly, not just up to rounding.
 """
 import math
@@ -39,129 +40,52 @@ from typing import Tuple
 import numpy as np
 import torch
 
-from instseg.extension import check_same_device, check_same_dtype, check_tensor, dispatch
+from instseg.extension import check_same_device, check_same_dtype, check_tensor, dispatch, extension_available
 
 __all__ = ["iou_vote", "iou_vote_reference", "iou_vote_numpy"]
 
-_OP = "iou_vote"
-# The reference works on chunks of pixels so that a (pixels x seeds) temporary holds at most this many
-# entries (a few tens of MB), whatever the image size.
+_OP = "iou_vote"  # torch.ops.instseg.iou_vote (no backward: the ids are integers)
+# The PyTorch reference works on chunks of pixels so that a (pixels x seeds) temporary holds at most this many
+# entries (a few tens of MB), whatever the image size; the NumPy one broadcasts a whole class at once up to
+# _MAX_PAIRS_PER_CLASS pairs.
 _MAX_PAIRS_PER_CHUNK = 1 << 20
+_MAX_PAIRS_PER_CLASS = 1 << 22
 
 
-# ------------------------------------------------------------------------------------------------
-# The few array operations where NumPy and PyTorch spell things differently. Everything else in
-# _iou_vote_arrays (arithmetic, comparisons, &, |, indexing, reshape, minimum/maximum/where/isfinite,
-# bincount) is written once and runs on either library.
-# ------------------------------------------------------------------------------------------------
-class _TorchOps:
-    lib = torch
-    int64 = torch.int64
-
-    @staticmethod
-    def arange(n, like):
-        return torch.arange(n, dtype=like.dtype, device=like.device)
-
-    @staticmethod
-    def scalar(value, like):
-        return torch.tensor(value, dtype=like.dtype, device=like.device)
-
-    @staticmethod
-    def full(n, value, like, dtype):
-        return torch.full((n,), value, dtype=dtype, device=like.device)
-
-    @staticmethod
-    def clamp0(x):
-        return torch.clamp(x, min=0)
-
-    @staticmethod
-    def amax(x, axis):
-        return torch.amax(x, dim=axis)
-
-    @staticmethod
-    def argmin(x, axis):  # first index of the minimum, as np.argmin
-        return torch.argmin(x, dim=axis)
-
-    @staticmethod
-    def any(x, axis):
-        return torch.any(x, dim=axis)
-
-    @staticmethod
-    def max_finite(x):
-        return torch.finfo(x.dtype).max
-
-
-class _NumpyOps:
-    lib = np
-    int64 = np.int64
-
-    @staticmethod
-    def arange(n, like):
-        return np.arange(n, dtype=like.dtype)
-
-    @staticmethod
-    def scalar(value, like):
-        return np.asarray(value, dtype=like.dtype)
-
-    @staticmethod
-    def full(n, value, like, dtype):
-        return np.full((n,), value, dtype=dtype)
-
-    @staticmethod
-    def clamp0(x):
-        return np.maximum(x, x.dtype.type(0))
-
-    @staticmethod
-    def amax(x, axis):
-        return np.amax(x, axis=axis)
-
-    @staticmethod
-    def argmin(x, axis):
-        return np.argmin(x, axis=axis)
-
-    @staticmethod
-    def any(x, axis):
-        return np.any(x, axis=axis)
-
-    @staticmethod
-    def max_finite(x):
-        return np.finfo(x.dtype).max
-
-
-def _iou_vote_arrays(ops, labels, dist, boxes, classes, min_iou, tie_eps):
-    """The definition of the module docstring on arrays of ``ops.lib`` (torch or numpy).
+def _iou_vote_torch(labels, dist, boxes, classes, min_iou, tie_eps):
+    """The definition of the module docstring in PyTorch, on (pixels x all seeds) pairs in chunks.
 
     labels (H, W) int64, dist (4, H, W) float, boxes (S, 4) float (dist's dtype), classes (S,) int64.
     Returns (ids (H, W) int64, support (S,) int64).
     """
-    xp = ops.lib
     H, W = labels.shape
     S = boxes.shape[0]
     P = H * W
-    ids = ops.full(P, -1, dist, ops.int64)
+    like = dict(dtype=dist.dtype, device=dist.device)
+    ids = torch.full((P,), -1, dtype=torch.int64, device=dist.device)
     if P == 0 or S == 0:
-        return ids.reshape(H, W), ops.full(S, 0, dist, ops.int64)
-    half = ops.scalar(0.5, dist)
+        return ids.view(H, W), torch.zeros(S, dtype=torch.int64, device=dist.device)
+    half = torch.tensor(0.5, **like)
 
     # Seeds: validity, area and centre (the formulas of box_area/box_center in iou_vote.h).
-    bx1, by1, bx2, by2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    seed_ok = xp.isfinite(bx1) & xp.isfinite(by1) & xp.isfinite(bx2) & xp.isfinite(by2)
-    b_area = ops.clamp0(bx2 - bx1) * ops.clamp0(by2 - by1)
+    bx1, by1, bx2, by2 = boxes.unbind(1)
+    seed_ok = torch.isfinite(boxes).all(1)
+    b_area = (bx2 - bx1).clamp(min=0) * (by2 - by1).clamp(min=0)
     b_cx, b_cy = (bx1 + bx2) * half, (by1 + by2) * half
 
     # Pixels: each one's own box around its centre (j + 0.5, i + 0.5), its area and centre.
-    cx = xp.broadcast_to((ops.arange(W, dist) + half)[None, :], (H, W)).reshape(-1)
-    cy = xp.broadcast_to((ops.arange(H, dist) + half)[:, None], (H, W)).reshape(-1)
-    l, t, r, b = dist[0].reshape(-1), dist[1].reshape(-1), dist[2].reshape(-1), dist[3].reshape(-1)
-    pix_ok = xp.isfinite(l) & xp.isfinite(t) & xp.isfinite(r) & xp.isfinite(b)
-    px1, py1, px2, py2 = cx - l, cy - t, cx + r, cy + b
-    p_area = ops.clamp0(px2 - px1) * ops.clamp0(py2 - py1)
+    cx = (torch.arange(W, **like) + half).expand(H, W).reshape(-1)
+    cy = (torch.arange(H, **like) + half)[:, None].expand(H, W).reshape(-1)
+    left, top, right, bottom = dist.reshape(4, -1).unbind(0)
+    pix_ok = torch.isfinite(dist).all(0).reshape(-1)
+    px1, py1, px2, py2 = cx - left, cy - top, cx + right, cy + bottom
+    p_area = (px2 - px1).clamp(min=0) * (py2 - py1).clamp(min=0)
     p_cx, p_cy = (px1 + px2) * half, (py1 + py2) * half
     lab = labels.reshape(-1)
 
-    min_iou_t, eps_t = ops.scalar(min_iou, dist), ops.scalar(tie_eps, dist)
-    max_finite = ops.scalar(ops.max_finite(dist), dist)
-    one = ops.scalar(1.0, dist)
+    min_iou_t, eps_t = torch.tensor(min_iou, **like), torch.tensor(tie_eps, **like)
+    max_finite = torch.tensor(torch.finfo(dist.dtype).max, **like)
+    one = torch.tensor(1.0, **like)
 
     chunk = max(1, _MAX_PAIRS_PER_CHUNK // S)
     for a in range(0, P, chunk):
@@ -169,25 +93,78 @@ def _iou_vote_arrays(ops, labels, dist, boxes, classes, min_iou, tie_eps):
         # (pixels, seeds): may pixel p vote for seed s at all?
         same = (lab[a:e, None] == classes[None, :]) & seed_ok[None, :] & pix_ok[a:e, None]
         # IoU of each pixel box with each seed box (box_iou in iou_vote.h).
-        iw = ops.clamp0(xp.minimum(px2[a:e, None], bx2[None, :]) - xp.maximum(px1[a:e, None], bx1[None, :]))
-        ih = ops.clamp0(xp.minimum(py2[a:e, None], by2[None, :]) - xp.maximum(py1[a:e, None], by1[None, :]))
+        iw = (torch.minimum(px2[a:e, None], bx2[None, :]) - torch.maximum(px1[a:e, None], bx1[None, :])).clamp(min=0)
+        ih = (torch.minimum(py2[a:e, None], by2[None, :]) - torch.maximum(py1[a:e, None], by1[None, :])).clamp(min=0)
         inter = iw * ih
         union = (p_area[a:e, None] + b_area[None, :]) - inter
         pos = union > 0
-        iou = xp.where(pos, inter / xp.where(pos, union, one), 0.0)
+        iou = torch.where(pos, inter / torch.where(pos, union, one), 0.0)
         # m: the best IoU over the seeds of the pixel's class (IoU >= 0, so -1 marks the other seeds).
-        m = ops.amax(xp.where(same, iou, -1.0), 1)
+        m = torch.where(same, iou, -1.0).amax(1)
         # Candidates: IoU within tie_eps of m; the nearest centre wins, then the lower index (argmin
         # returns the first minimum).
         cand = same & (iou >= (m - eps_t)[:, None])
         dx = p_cx[a:e, None] - b_cx[None, :]
         dy = p_cy[a:e, None] - b_cy[None, :]
-        d2 = xp.minimum(dx * dx + dy * dy, max_finite)
-        best = ops.argmin(xp.where(cand, d2, math.inf), 1)
-        voted = ops.any(same, 1) & (m > min_iou_t)
-        ids[a:e] = xp.where(voted, best, -1)
+        d2 = torch.minimum(dx * dx + dy * dy, max_finite)
+        best = torch.where(cand, d2, math.inf).argmin(1)
+        voted = same.any(1) & (m > min_iou_t)
+        ids[a:e] = torch.where(voted, best, -1)
 
-    support = xp.bincount(ids[ids >= 0], minlength=S)
+    support = torch.bincount(ids[ids >= 0], minlength=S)
+    return ids.view(H, W), support
+
+
+def _iou_vote_numpy(labels, dist, boxes, classes, min_iou, tie_eps):
+    """The same definition in NumPy, class by class: one broadcast IoU of a class's pixel boxes against that
+    class's seeds, then the tie rule. Same formulas in the same order (and dtype) as the kernels and
+    :func:`_iou_vote_torch`, so the results agree exactly. Arguments as :func:`_iou_vote_torch`."""
+    H, W = labels.shape
+    S = boxes.shape[0]
+    ids = np.full(H * W, -1, dtype=np.int64)
+    if ids.size == 0 or S == 0:
+        return ids.reshape(H, W), np.zeros(S, dtype=np.int64)
+    T = dist.dtype.type
+    half, zero, eps, threshold = T(0.5), T(0), T(tie_eps), T(min_iou)
+    max_finite = np.finfo(dist.dtype).max
+    seed_ok = np.isfinite(boxes).all(1)
+    flat = dist.reshape(4, -1)
+    lab = labels.reshape(-1)
+    pix_ok = np.isfinite(flat).all(0)
+    for c in np.unique(classes[seed_ok]):
+        seeds = np.flatnonzero(seed_ok & (classes == c))  # ascending: argmin's first minimum is the lower index
+        pix = np.flatnonzero((lab == c) & pix_ok)
+        if pix.size == 0:
+            continue
+        bx1, by1, bx2, by2 = boxes[seeds].T
+        b_area = np.maximum(bx2 - bx1, zero) * np.maximum(by2 - by1, zero)
+        b_cx, b_cy = (bx1 + bx2) * half, (by1 + by2) * half
+        row, col = np.divmod(pix, W)
+        cx, cy = col.astype(T) + half, row.astype(T) + half
+        left, top, right, bottom = flat[:, pix]
+        px1, py1, px2, py2 = cx - left, cy - top, cx + right, cy + bottom
+        p_area = np.maximum(px2 - px1, zero) * np.maximum(py2 - py1, zero)
+        p_cx, p_cy = (px1 + px2) * half, (py1 + py2) * half
+        # One broadcast (pixels of c) x (seeds of c); very large classes go in slices to bound the memory.
+        step = max(1, _MAX_PAIRS_PER_CLASS // seeds.size)
+        for a in range(0, pix.size, step):
+            s = slice(a, a + step)
+            iw = np.minimum(px2[s, None], bx2) - np.maximum(px1[s, None], bx1)
+            ih = np.minimum(py2[s, None], by2) - np.maximum(py1[s, None], by1)
+            inter = np.maximum(iw, zero, out=iw)
+            inter *= np.maximum(ih, zero, out=ih)
+            union = (p_area[s, None] + b_area) - inter
+            iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > zero)
+            m = iou.max(1)
+            # Tie rule: among the seeds within tie_eps of the best IoU, the nearest centre, then the lower index.
+            dx = p_cx[s, None] - b_cx
+            dy = p_cy[s, None] - b_cy
+            d2 = np.minimum(dx * dx + dy * dy, max_finite, out=dx)
+            d2[iou < (m - eps)[:, None]] = np.inf
+            best = d2.argmin(1)
+            voted = m > threshold
+            ids[pix[s][voted]] = seeds[best[voted]]
+    support = np.bincount(ids[ids >= 0], minlength=S)
     return ids.reshape(H, W), support
 
 
@@ -214,6 +191,20 @@ def _check_inputs(sem_labels, distances, seed_boxes, seed_classes, min_iou, tie_
         _OP, sem_labels=sem_labels, distances=distances, seed_boxes=seed_boxes, seed_classes=seed_classes
     )
     _check_scalars(min_iou, tie_eps)
+
+
+# ------------------------------------------------------------------------------------------------
+# The compiled op: its fake kernel, registered with torch.library (not differentiable: no autograd).
+# ------------------------------------------------------------------------------------------------
+def _forward_fake(sem_labels, distances, seed_boxes, seed_classes, min_iou, tie_eps):
+    return (
+        sem_labels.new_empty(sem_labels.shape, dtype=torch.int64),
+        seed_classes.new_empty(seed_classes.shape, dtype=torch.int64),
+    )
+
+
+if extension_available():
+    torch.library.register_fake(f"instseg::{_OP}", _forward_fake)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -267,8 +258,7 @@ def iou_vote_reference(
     """Pure-PyTorch reference of :func:`iou_vote` (any device): vectorised over pixels x seeds, in chunks."""
     _check_inputs(sem_labels, distances, seed_boxes, seed_classes, min_iou, tie_eps)
     with torch.no_grad():
-        return _iou_vote_arrays(
-            _TorchOps,
+        return _iou_vote_torch(
             sem_labels.to(torch.int64),
             distances.detach(),
             seed_boxes.detach(),
@@ -311,8 +301,7 @@ def iou_vote_numpy(
     _check_scalars(min_iou, tie_eps)
     # Masked-out pairs (other classes, non-finite boxes) may produce inf/nan on the way; they never count.
     with np.errstate(all="ignore"):
-        return _iou_vote_arrays(
-            _NumpyOps,
+        return _iou_vote_numpy(
             sem_labels.astype(np.int64, copy=False),
             distances,
             seed_boxes,

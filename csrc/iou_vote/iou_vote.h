@@ -1,6 +1,7 @@
 // IoU-vote clustering, CASNet Sec. III-C "Post processing" ("common attribute support").
 //
-// Shared by the CPU kernel (iou_vote.cpp) and the CUDA kernel (iou_vote_cuda.cu):
+// Shared by the CPU kernel (iou_vote_cpu.cpp) and the CUDA kernel (iou_vote_cuda.cu); the schema and the argument
+// checks are in iou_vote.cpp:
 //   * the per-pair geometry (box area, box centre, IoU, squared centre distance) as inline host/device
 //     functions, so that both kernels compute bit-identical values to each other and to the Python
 //     reference (casnet/layers/iou_vote.py), which evaluates the same formulas in the same order;
@@ -15,78 +16,88 @@
 //   the pixel gets -1 when class c has no (finite) seed, its distances are not finite, or m <= min_iou.
 #pragma once
 
-#include <torch/types.h>
+#include <ATen/ATen.h>
 
 #include <cstdint>
 #include <tuple>
+#include <type_traits>
 
-#if defined(__CUDACC__)
-#define IOU_VOTE_HD __host__ __device__ __forceinline__
-#else
-#define IOU_VOTE_HD inline
-#endif
+#include "common/kernel_utils.h"
 
 namespace instseg {
-namespace iou_vote_detail {
+namespace iou_vote {
+
+// The kernel of each device, called (through the dispatcher) once iou_vote.cpp has checked the arguments:
+//   forward(sem_labels (H, W) int, distances (4, H, W) float, seed_boxes (S, 4), seed_classes (S,) int, min_iou,
+//           tie_eps) -> (instance_ids (H, W) int64, support (S,) int64)
+using ForwardKernel = std::tuple<at::Tensor, at::Tensor>(const at::Tensor& sem_labels, const at::Tensor& distances,
+                                                         const at::Tensor& seed_boxes, const at::Tensor& seed_classes,
+                                                         double min_iou, double tie_eps);
+ForwardKernel forward_cpu, forward_cuda;
 
 // A product that the compiler must not fuse with a following add into an FMA: nvcc contracts a*b+c by
 // default, which would round differently from the CPU kernel and the PyTorch reference. The _rn
 // intrinsics are never contracted. (Host compilers for x86-64 do not contract without -mfma.)
-IOU_VOTE_HD float mul_exact(float a, float b) {
+template <typename T>
+INSTSEG_HOST_DEVICE T mul_exact(T a, T b) {
 #if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-IOU_VOTE_HD double mul_exact(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
+  if constexpr (std::is_same<T, float>::value) {
+    return __fmul_rn(a, b);
+  } else {
+    return __dmul_rn(a, b);
+  }
 #else
   return a * b;
 #endif
 }
 
+// max(v, 0), and the smaller / larger of two values (only finite values reach them).
 template <typename T>
-IOU_VOTE_HD T max0(T v) {
+INSTSEG_HOST_DEVICE T max0(T v) {
   return v > T(0) ? v : T(0);
 }
 template <typename T>
-IOU_VOTE_HD T min2(T a, T b) {
-  return b < a ? b : a;
+INSTSEG_HOST_DEVICE T pick(bool take_b, T a, T b) {
+  return take_b ? b : a;
 }
 template <typename T>
-IOU_VOTE_HD T max2(T a, T b) {
-  return b > a ? b : a;
+INSTSEG_HOST_DEVICE T min2(T a, T b) {
+  return pick(b < a, a, b);
+}
+template <typename T>
+INSTSEG_HOST_DEVICE T max2(T a, T b) {
+  return pick(b > a, a, b);
 }
 
 // Area of an xyxy box; an inverted side counts as zero: max(x2 - x1, 0) * max(y2 - y1, 0).
 template <typename T>
-IOU_VOTE_HD T box_area(T x1, T y1, T x2, T y2) {
+INSTSEG_HOST_DEVICE T box_area(T x1, T y1, T x2, T y2) {
   return mul_exact(max0(x2 - x1), max0(y2 - y1));
 }
 
 // Box centre, ((x1 + x2) / 2, (y1 + y2) / 2), computed as (x1 + x2) * 0.5.
 template <typename T>
-IOU_VOTE_HD T box_center(T lo, T hi) {
+INSTSEG_HOST_DEVICE T box_center(T lo, T hi) {
   return mul_exact(lo + hi, T(0.5));
 }
 
 // IoU = |A ∩ B| / |A ∪ B| with |A ∪ B| = (|A| + |B|) - |A ∩ B|; defined as 0 when the union is 0
 // (two zero-area boxes), so degenerate (zero-width) boxes never divide by zero.
 template <typename T>
-IOU_VOTE_HD T box_iou(T ax1, T ay1, T ax2, T ay2, T a_area, T bx1, T by1, T bx2, T by2, T b_area) {
+INSTSEG_HOST_DEVICE T box_iou(T ax1, T ay1, T ax2, T ay2, T a_area, T bx1, T by1, T bx2, T by2, T b_area) {
   const T iw = max0(min2(ax2, bx2) - max2(ax1, bx1));
   const T ih = max0(min2(ay2, by2) - max2(ay1, by1));
   const T inter = mul_exact(iw, ih);
   const T uni = (a_area + b_area) - inter;
-  return uni > T(0) ? inter / uni : T(0);
+  // Branch-free (the CPU kernel's loops over pixels vectorise): divide by 1 where the IoU is 0 by definition.
+  const T iou = inter / (uni > T(0) ? uni : T(1));
+  return uni > T(0) ? iou : T(0);
 }
 
 // Squared distance between two centres, dx*dx + dy*dy, clamped to the largest finite value so that
 // a candidate always compares below the "+inf = not a candidate" sentinel of the reference.
 template <typename T>
-IOU_VOTE_HD T center_dist2(T ax, T ay, T bx, T by, T max_finite) {
+INSTSEG_HOST_DEVICE T center_dist2(T ax, T ay, T bx, T by, T max_finite) {
   const T dx = ax - bx;
   const T dy = ay - by;
   const T d2 = mul_exact(dx, dx) + mul_exact(dy, dy);
@@ -100,7 +111,7 @@ enum SeedCol : int { kX1 = 0, kY1, kX2, kY2, kArea, kCx, kCy, kNumSeedCols };
 
 // Fills entry k of the seed geometry table (n entries) from an xyxy box.
 template <typename T>
-IOU_VOTE_HD void seed_geometry(const T* box, T* geo, int64_t k, int64_t n) {
+INSTSEG_HOST_DEVICE void seed_geometry(const T* box, T* geo, int64_t k, int64_t n) {
   geo[kX1 * n + k] = box[0];
   geo[kY1 * n + k] = box[1];
   geo[kX2 * n + k] = box[2];
@@ -111,7 +122,7 @@ IOU_VOTE_HD void seed_geometry(const T* box, T* geo, int64_t k, int64_t n) {
 }
 
 // Index of `label` in the sorted array `classes[0, n)`, or -1 (binary search; n is at most S).
-IOU_VOTE_HD int64_t find_class(const int64_t* classes, int64_t n, int64_t label) {
+INSTSEG_HOST_DEVICE int64_t find_class(const int64_t* classes, int64_t n, int64_t label) {
   int64_t lo = 0, hi = n;
   while (lo < hi) {
     const int64_t mid = lo + (hi - lo) / 2;
@@ -153,36 +164,22 @@ inline SeedGroups group_seeds_by_class(const at::Tensor& seed_boxes, const at::T
   return g;
 }
 
-// Checks shared by both devices (the Python wrapper checks first with ValueErrors; these keep a direct
-// call to torch.ops.instseg.iou_vote from crashing).
-inline void check_inputs(const at::Tensor& sem_labels, const at::Tensor& distances, const at::Tensor& seed_boxes,
-                         const at::Tensor& seed_classes, double tie_eps) {
-  TORCH_CHECK(sem_labels.dim() == 2, "iou_vote: sem_labels must be (H, W), got ", sem_labels.sizes());
-  TORCH_CHECK(!at::isFloatingType(sem_labels.scalar_type()) && !at::isComplexType(sem_labels.scalar_type()) &&
-                  sem_labels.scalar_type() != at::kBool,
-              "iou_vote: sem_labels must be an integer tensor, got ", sem_labels.scalar_type());
-  TORCH_CHECK(distances.dim() == 3 && distances.size(0) == 4 && distances.size(1) == sem_labels.size(0) &&
-                  distances.size(2) == sem_labels.size(1),
-              "iou_vote: distances must be (4, H, W) = ", "(4, ", sem_labels.size(0), ", ", sem_labels.size(1),
-              "), got ", distances.sizes());
-  TORCH_CHECK(distances.scalar_type() == at::kFloat || distances.scalar_type() == at::kDouble,
-              "iou_vote: distances must be float32 or float64, got ", distances.scalar_type());
-  TORCH_CHECK(seed_boxes.dim() == 2 && seed_boxes.size(1) == 4, "iou_vote: seed_boxes must be (S, 4), got ",
-              seed_boxes.sizes());
-  TORCH_CHECK(seed_boxes.scalar_type() == distances.scalar_type(), "iou_vote: seed_boxes (",
-              seed_boxes.scalar_type(), ") must have the dtype of distances (", distances.scalar_type(), ")");
-  TORCH_CHECK(seed_classes.dim() == 1 && seed_classes.size(0) == seed_boxes.size(0),
-              "iou_vote: seed_classes must be (S,) with S = ", seed_boxes.size(0), ", got ", seed_classes.sizes());
-  TORCH_CHECK(!at::isFloatingType(seed_classes.scalar_type()) && !at::isComplexType(seed_classes.scalar_type()) &&
-                  seed_classes.scalar_type() != at::kBool,
-              "iou_vote: seed_classes must be an integer tensor, got ", seed_classes.scalar_type());
-  TORCH_CHECK(sem_labels.device() == distances.device() && sem_labels.device() == seed_boxes.device() &&
-                  sem_labels.device() == seed_classes.device(),
-              "iou_vote: all inputs must be on one device, got sem_labels on ", sem_labels.device(),
-              ", distances on ", distances.device(), ", seed_boxes on ", seed_boxes.device(), ", seed_classes on ",
-              seed_classes.device());
-  TORCH_CHECK(tie_eps >= 0, "iou_vote: tie_eps must be >= 0, got ", tie_eps);
-}
+// The inputs as both devices' kernels read them: labels and classes as contiguous int64, distances and boxes
+// contiguous. Host code.
+struct Inputs {
+  at::Tensor labels, dist, boxes, classes;
+  int64_t H, W, S;
 
-}  // namespace iou_vote_detail
+  Inputs(const at::Tensor& sem_labels, const at::Tensor& distances, const at::Tensor& seed_boxes,
+         const at::Tensor& seed_classes)
+      : labels(sem_labels.to(at::kLong).contiguous()),
+        dist(distances.contiguous()),
+        boxes(seed_boxes.contiguous()),
+        classes(seed_classes.to(at::kLong).contiguous()),
+        H(sem_labels.size(0)),
+        W(sem_labels.size(1)),
+        S(seed_boxes.size(0)) {}
+};
+
+}  // namespace iou_vote
 }  // namespace instseg

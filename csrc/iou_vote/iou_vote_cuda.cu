@@ -1,11 +1,12 @@
-// IoU-vote clustering (CASNet, Sec. III-C "common attribute support"): CUDA kernel.
+// IoU-vote clustering (CASNet, Sec. III-C "common attribute support"): the CUDA kernel. Schema and argument
+// checks: iou_vote.cpp.
 //
 // One thread per pixel (grid-stride). The seeds are grouped by class once (group_seeds_by_class, ATen ops
 // on the GPU) and their geometry (box, area, centre) is tabulated by a small kernel, so each pixel only
 // scans the seeds of its own class. The per-pair formulas are the ones of iou_vote.h, shared with the CPU
 // kernel; products go through __fmul_rn/__dmul_rn there so nvcc cannot fuse them into FMAs and the result
 // matches the CPU kernel and the PyTorch reference bit for bit. Support is a bincount of the ids.
-#include "iou_vote.h"
+#include "iou_vote/iou_vote.h"
 
 // Only c10's CUDA headers: ATen/cuda/CUDAContext.h pulls in cuSPARSE/cuBLAS headers, which a minimal
 // CUDA toolkit (nvcc + runtime) does not ship.
@@ -13,39 +14,27 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
-#include <torch/library.h>
-
-#include <algorithm>
 
 #include <limits>
 
 namespace instseg {
-
+namespace iou_vote {
 namespace {
-
-using namespace iou_vote_detail;
-
-constexpr int kThreads = 256;
 
 // Entry k of the (column-major) seed geometry table from the box of seed order[k].
 template <typename T>
 __global__ void seed_geometry_kernel(const T* __restrict__ boxes, const int64_t* __restrict__ order, int64_t n,
                                      T* __restrict__ geo) {
-  const int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (k < n) {
-    seed_geometry(boxes + order[k] * 4, geo, k, n);
-  }
+  INSTSEG_GRID_STRIDE_LOOP(k, n) { seed_geometry(boxes + order[k] * 4, geo, k, n); }
 }
 
 template <typename T>
 __global__ void iou_vote_kernel(const int64_t* __restrict__ labels, const T* __restrict__ dist, int64_t H, int64_t W,
                                 const T* __restrict__ geo, int64_t n_valid, const int64_t* __restrict__ order,
                                 const int64_t* __restrict__ classes, const int64_t* __restrict__ offsets,
-                                int64_t num_classes, T min_iou, T tie_eps, T max_finite,
-                                int64_t* __restrict__ ids) {
+                                int64_t num_classes, T min_iou, T tie_eps, T max_finite, int64_t* __restrict__ ids) {
   const int64_t P = H * W;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < P; p += stride) {
+  INSTSEG_GRID_STRIDE_LOOP(p, P) {
     int64_t result = -1;
     const int64_t u = find_class(classes, num_classes, labels[p]);
     const T l = dist[p], t = dist[P + p], r = dist[2 * P + p], b = dist[3 * P + p];
@@ -95,57 +84,41 @@ __global__ void iou_vote_kernel(const int64_t* __restrict__ labels, const T* __r
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> iou_vote_cuda(const at::Tensor& sem_labels, const at::Tensor& distances,
-                                                 const at::Tensor& seed_boxes, const at::Tensor& seed_classes,
-                                                 double min_iou, double tie_eps) {
-  check_inputs(sem_labels, distances, seed_boxes, seed_classes, tie_eps);
-  TORCH_CHECK(sem_labels.is_cuda(), "iou_vote (CUDA kernel): inputs must be CUDA tensors");
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& sem_labels, const at::Tensor& distances,
+                                                const at::Tensor& seed_boxes, const at::Tensor& seed_classes,
+                                                double min_iou, double tie_eps) {
   const c10::cuda::CUDAGuard guard(sem_labels.device());
-
-  const at::Tensor labels = sem_labels.to(at::kLong).contiguous();
-  const at::Tensor dist = distances.contiguous();
-  const at::Tensor boxes = seed_boxes.contiguous();
-  const at::Tensor cls = seed_classes.to(at::kLong).contiguous();
-  const int64_t H = labels.size(0), W = labels.size(1), S = boxes.size(0);
-
-  at::Tensor ids = at::empty({H, W}, labels.options());
-  if (H * W == 0) {
-    return {ids, at::zeros({S}, labels.options())};
+  const Inputs in(sem_labels, distances, seed_boxes, seed_classes);
+  at::Tensor ids = at::empty({in.H, in.W}, in.labels.options());
+  if (in.H * in.W == 0) {
+    return {ids, at::zeros({in.S}, in.labels.options())};
   }
-  const SeedGroups groups = group_seeds_by_class(boxes, cls);
+  const SeedGroups groups = group_seeds_by_class(in.boxes, in.classes);
   const int64_t n_valid = groups.order.size(0);
   const int64_t num_classes = groups.classes.size(0);
-  at::Tensor geo = at::empty({kNumSeedCols, std::max<int64_t>(n_valid, 1)}, dist.options());
+  at::Tensor geo = at::empty({kNumSeedCols, std::max<int64_t>(n_valid, 1)}, in.dist.options());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  int num_sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, sem_labels.device().index()));
 
-  AT_DISPATCH_FLOATING_TYPES(dist.scalar_type(), "iou_vote_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(in.dist.scalar_type(), "iou_vote_cuda", [&] {
     if (n_valid > 0) {
-      const int blocks = static_cast<int>((n_valid + kThreads - 1) / kThreads);
-      seed_geometry_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-          boxes.data_ptr<scalar_t>(), groups.order.data_ptr<int64_t>(), n_valid, geo.data_ptr<scalar_t>());
+      seed_geometry_kernel<scalar_t><<<blocks_for(n_valid), kThreadsPerBlock, 0, stream>>>(
+          in.boxes.data_ptr<scalar_t>(), groups.order.data_ptr<int64_t>(), n_valid, geo.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    const int64_t P = H * W;
-    const int64_t max_blocks = static_cast<int64_t>(std::max(num_sms, 1)) * 32;  // grid-stride beyond this
-    const int blocks = static_cast<int>(std::min<int64_t>((P + kThreads - 1) / kThreads, max_blocks));
-    iou_vote_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-        labels.data_ptr<int64_t>(), dist.data_ptr<scalar_t>(), H, W, geo.data_ptr<scalar_t>(), n_valid,
+    iou_vote_kernel<scalar_t><<<blocks_for(in.H * in.W), kThreadsPerBlock, 0, stream>>>(
+        in.labels.data_ptr<int64_t>(), in.dist.data_ptr<scalar_t>(), in.H, in.W, geo.data_ptr<scalar_t>(), n_valid,
         groups.order.data_ptr<int64_t>(), groups.classes.data_ptr<int64_t>(), groups.offsets.data_ptr<int64_t>(),
         num_classes, static_cast<scalar_t>(min_iou), static_cast<scalar_t>(tie_eps),
         std::numeric_limits<scalar_t>::max(), ids.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   // support[s] = number of pixels with id s: a histogram of id + 1 (bin 0 collects the -1s).
-  const at::Tensor support = at::bincount(ids.view({-1}) + 1, /*weights=*/{}, /*minlength=*/S + 1).narrow(0, 1, S);
+  const at::Tensor support =
+      at::bincount(ids.view({-1}) + 1, /*weights=*/{}, /*minlength=*/in.S + 1).narrow(0, 1, in.S);
   return {ids, support.contiguous()};
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(instseg, CUDA, m) {
-  m.impl("iou_vote", &iou_vote_cuda);
-}
-
+}  // namespace iou_vote
 }  // namespace instseg

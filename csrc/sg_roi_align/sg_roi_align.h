@@ -15,27 +15,35 @@
 // we compute it that way, which is the same number and stays defined for zero-width RoIs. p is the bilinear
 // interpolation of P at (c, d), with (c, d) clamped to the map's border.
 //
-// Everything here is header-only and __host__ __device__ so that both kernels use one definition.
+// The rules are header-only and __host__ __device__ so that both kernels use one definition. The schemas and
+// the argument checks are in sg_roi_align.cpp, the kernels in sg_roi_align_cpu.cpp and sg_roi_align_cuda.cu.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <cstdint>
+#include <tuple>
 
-#if defined(__CUDACC__)
-#define SG_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define SG_HOST_DEVICE inline
-#endif
+#include "common/kernel_utils.h"
 
 namespace instseg {
 namespace sg_roi_align {
 
-// Shape / dtype / device checks of the op's arguments (defined in sg_roi_align.cpp, used by both kernels).
-void check_inputs(const at::Tensor& input, const at::Tensor& rois, const at::Tensor& probs, int64_t pooled_height,
-                  int64_t pooled_width);
-void check_grad(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& rois, int64_t pooled_height,
-                int64_t pooled_width);
+// The kernels of each device, called (through the dispatcher) once sg_roi_align.cpp has checked the arguments:
+//   forward(input (N, C, H, W), rois (K, 5), probs (K, Hp, Wp), ...) -> (K, C, pooled_height, pooled_width)
+//   backward(grad (K, C, pooled_height, pooled_width), input, rois, probs, ..., output_mask)
+//       -> (grad_input if output_mask[0], grad_probs if output_mask[1]; an undefined tensor otherwise)
+using ForwardKernel = at::Tensor(const at::Tensor& input, const at::Tensor& rois, const at::Tensor& probs,
+                                 double spatial_scale, int64_t pooled_height, int64_t pooled_width,
+                                 int64_t sampling_ratio, bool aligned);
+using BackwardKernel = std::tuple<at::Tensor, at::Tensor>(const at::Tensor& grad, const at::Tensor& input,
+                                                          const at::Tensor& rois, const at::Tensor& probs,
+                                                          double spatial_scale, int64_t pooled_height,
+                                                          int64_t pooled_width, int64_t sampling_ratio, bool aligned,
+                                                          std::array<bool, 2> output_mask);
+ForwardKernel forward_cpu, forward_cuda;
+BackwardKernel backward_cpu, backward_cuda;
 
 // One RoI on the feature map, as RoIAlign samples it.
 template <typename T>
@@ -52,7 +60,7 @@ struct RoiGeometry {
 // RoIAlign's adaptive grid, ceil(roi_extent / pooled): non-positive, NaN or absurdly large extents give an
 // empty grid instead of an undefined float-to-int conversion.
 template <typename T>
-SG_HOST_DEVICE int64_t adaptive_grid(T extent_per_bin) {
+INSTSEG_HOST_DEVICE int64_t adaptive_grid(T extent_per_bin) {
   if (!(extent_per_bin > T(0) && extent_per_bin < T(1e9))) {
     return 0;
   }
@@ -62,8 +70,8 @@ SG_HOST_DEVICE int64_t adaptive_grid(T extent_per_bin) {
 
 // `roi` points at (batch_index, x1, y1, x2, y2) in image coordinates.
 template <typename T>
-SG_HOST_DEVICE RoiGeometry<T> roi_geometry(const T* roi, T spatial_scale, int64_t pooled_height,
-                                           int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
+INSTSEG_HOST_DEVICE RoiGeometry<T> roi_geometry(const T* roi, T spatial_scale, int64_t pooled_height,
+                                                int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
   const T offset = aligned ? T(0.5) : T(0);
   RoiGeometry<T> g;
   g.start_w = roi[1] * spatial_scale - offset;
@@ -85,7 +93,7 @@ SG_HOST_DEVICE RoiGeometry<T> roi_geometry(const T* roi, T spatial_scale, int64_
 
 // Sample coordinate (a or b of Eq. 1) of sample `i` in bin `p` along one axis.
 template <typename T>
-SG_HOST_DEVICE T sample_coord(T start, T bin, int64_t p, int64_t i, int64_t grid) {
+INSTSEG_HOST_DEVICE T sample_coord(T start, T bin, int64_t p, int64_t i, int64_t grid) {
   return start + static_cast<T>(p) * bin + static_cast<T>(i + .5f) * bin / static_cast<T>(grid);
 }
 
@@ -102,7 +110,7 @@ struct Lerp {
 // f's rule along one axis (RoIAlign's): a coordinate outside [-1, size] (or NaN) makes the sample 0 (weights
 // 0, index 0 so that a read stays in bounds); otherwise it is clamped to [0, size - 1].
 template <typename T>
-SG_HOST_DEVICE Lerp<T> feature_lerp(T v, int64_t size) {
+INSTSEG_HOST_DEVICE Lerp<T> feature_lerp(T v, int64_t size) {
   Lerp<T> r;
   if (!(v >= T(-1) && v <= static_cast<T>(size))) {
     r.lo = r.hi = 0;
@@ -129,7 +137,7 @@ SG_HOST_DEVICE Lerp<T> feature_lerp(T v, int64_t size) {
 // u = (p + (i + 0.5) / grid) / pooled, i.e. at c = u * size - 0.5 in the map's pixel coordinates, clamped to
 // [0, size - 1] (the map's border value extends outwards).
 template <typename T>
-SG_HOST_DEVICE Lerp<T> probs_lerp(int64_t p, int64_t i, int64_t grid, int64_t pooled, int64_t size) {
+INSTSEG_HOST_DEVICE Lerp<T> probs_lerp(int64_t p, int64_t i, int64_t grid, int64_t pooled, int64_t size) {
   const T u = (static_cast<T>(p) + (static_cast<T>(i) + T(0.5)) / static_cast<T>(grid)) / static_cast<T>(pooled);
   T c = u * static_cast<T>(size) - T(0.5);
   const T last = static_cast<T>(size - 1);
@@ -144,9 +152,17 @@ SG_HOST_DEVICE Lerp<T> probs_lerp(int64_t p, int64_t i, int64_t grid, int64_t po
   return r;
 }
 
+// f(a, b): RoIAlign's bilinear interpolation of one feature plane (row-major, `width` columns) from its two axis
+// factors, as w1 f1 + w2 f2 + w3 f3 + w4 f4 with w = w_y * w_x.
+template <typename T>
+INSTSEG_HOST_DEVICE T feature_value(const T* plane, int64_t width, const Lerp<T>& y, const Lerp<T>& x) {
+  return y.w_lo * x.w_lo * plane[y.lo * width + x.lo] + y.w_lo * x.w_hi * plane[y.lo * width + x.hi] +
+         y.w_hi * x.w_lo * plane[y.hi * width + x.lo] + y.w_hi * x.w_hi * plane[y.hi * width + x.hi];
+}
+
 // p(c, d): bilinear interpolation of one RoI's map (row-major, `width` columns) from its two axis factors.
 template <typename T>
-SG_HOST_DEVICE T probs_value(const T* map, int64_t width, const Lerp<T>& ly, const Lerp<T>& lx) {
+INSTSEG_HOST_DEVICE T probs_value(const T* map, int64_t width, const Lerp<T>& ly, const Lerp<T>& lx) {
   return ly.w_lo * (lx.w_lo * map[ly.lo * width + lx.lo] + lx.w_hi * map[ly.lo * width + lx.hi]) +
          ly.w_hi * (lx.w_lo * map[ly.hi * width + lx.lo] + lx.w_hi * map[ly.hi * width + lx.hi]);
 }

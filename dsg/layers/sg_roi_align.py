@@ -20,20 +20,22 @@ and CUDA kernels all compute it that way, which also keeps zero-width RoIs defin
 With P = 0 the op is RoIAlign (``torchvision.ops.roi_align``, same ``aligned`` and ``sampling_ratio``
 semantics); with P = c it is (1 + c) * RoIAlign.
 
-``sg_roi_align`` runs the compiled op ``torch.ops.instseg.sg_roi_align_forward/_backward`` (csrc/sg_roi_align)
-and falls back to :func:`sg_roi_align_reference` (pure PyTorch, CPU only) when the extension is not built.
+``sg_roi_align`` runs the compiled op ``torch.ops.instseg.sg_roi_align_forward`` (csrc/sg_roi_align; its
+backward ``sg_roi_align_backward``), whose fake kernels and backward formula this module registers with
+``torch.library``, and falls back to :func:`sg_roi_align_reference` (pure PyTorch, CPU only) when the extension
+is not built.
 """
 from typing import Sequence, Tuple, Union
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
-from instseg.extension import check_same_device, check_same_dtype, check_tensor, dispatch, get_op
+from instseg.extension import check_same_device, check_same_dtype, check_tensor, dispatch, extension_available
 
 __all__ = ["sg_roi_align", "sg_roi_align_reference", "SgROIAlign"]
 
 _OP = "sg_roi_align"
+_FORWARD, _BACKWARD = f"{_OP}_forward", f"{_OP}_backward"  # torch.ops.instseg.*
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -47,7 +49,7 @@ def _pair(output_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
     return size
 
 
-def _check_args(input, rois, probs, output_size) -> Tuple[int, int]:
+def _check_inputs(input, rois, probs, output_size) -> Tuple[int, int]:
     check_tensor("input", input, ndim=4, floating=True, op=_OP)
     check_tensor("rois", rois, ndim=2, shape=(None, 5), floating=True, op=_OP)
     check_tensor("probs", probs, ndim=3, shape=(rois.shape[0], None, None), floating=True, op=_OP)
@@ -202,7 +204,7 @@ def sg_roi_align_reference(
     grid is padded to the chunk's largest), which bounds memory; within a chunk everything is vectorised.
     Arguments as :func:`sg_roi_align`.
     """
-    pooled_h, pooled_w = _check_args(input, rois, probs, output_size)
+    pooled_h, pooled_w = _check_inputs(input, rois, probs, output_size)
     K, C = rois.shape[0], input.shape[1]
     rois = rois.to(input.dtype)
     if K == 0 or C == 0:  # nothing to sample; zeros still attached to the graph, so backward gives zero gradients
@@ -233,26 +235,39 @@ def sg_roi_align_reference(
 
 
 # ------------------------------------------------------------------------------------------------------
-# Compiled op with autograd.
+# The compiled op: fake kernels and backward formula, registered with torch.library.
 # ------------------------------------------------------------------------------------------------------
-class _SgROIAlignFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, rois, probs, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned):
-        ctx.params = (spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
-        ctx.save_for_backward(input, rois, probs)
-        return torch.ops.instseg.sg_roi_align_forward(
-            input, rois, probs, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned
-        )
+def _forward_fake(input, rois, probs, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        input, rois, probs = ctx.saved_tensors
-        need_input, _, need_probs = ctx.needs_input_grad[:3]
-        grad_input, grad_probs = torch.ops.instseg.sg_roi_align_backward(
-            grad.contiguous(), input, rois, probs, *ctx.params, [bool(need_input), bool(need_probs)]
-        )
-        return grad_input, None, grad_probs, None, None, None, None, None
+
+def _backward_fake(grad, input, rois, probs, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
+                   output_mask):
+    return (
+        input.new_empty(input.shape) if output_mask[0] else None,
+        probs.new_empty(probs.shape) if output_mask[1] else None,
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    input, rois, probs, *params = inputs
+    ctx.save_for_backward(input, rois, probs)
+    ctx.params = params  # spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned
+
+
+def _backward(ctx, grad):
+    input, rois, probs = ctx.saved_tensors
+    need_input, _, need_probs = ctx.needs_input_grad[:3]
+    grad_input, grad_probs = torch.ops.instseg.sg_roi_align_backward(
+        grad, input, rois, probs, *ctx.params, [bool(need_input), bool(need_probs)]
+    )
+    return grad_input, None, grad_probs, None, None, None, None, None
+
+
+if extension_available():
+    torch.library.register_fake(f"instseg::{_FORWARD}", _forward_fake)
+    torch.library.register_fake(f"instseg::{_BACKWARD}", _backward_fake)
+    torch.library.register_autograd(f"instseg::{_FORWARD}", _backward, setup_context=_setup_context)
 
 
 def sg_roi_align(
@@ -279,16 +294,16 @@ def sg_roi_align(
         (K, C, oh, ow). Differentiable with respect to ``input`` and ``probs``. float16/bfloat16 inputs are
         computed in float32 and cast back (as torchvision's RoIAlign does under autocast).
     """
-    pooled_h, pooled_w = _check_args(input, rois, probs, output_size)
+    pooled_h, pooled_w = _check_inputs(input, rois, probs, output_size)
     spatial_scale, sampling_ratio, aligned = float(spatial_scale), int(sampling_ratio), bool(aligned)
     if input.dtype in (torch.float16, torch.bfloat16):
         out = sg_roi_align(input.float(), rois, probs.float(), output_size, spatial_scale, sampling_ratio, aligned)
         return out.to(input.dtype)
     rois = rois.to(input.dtype)
-    impl = dispatch("sg_roi_align_forward", sg_roi_align_reference, input, rois, probs)
-    if impl is sg_roi_align_reference or get_op("sg_roi_align_backward") is None:
+    impl = dispatch(_FORWARD, sg_roi_align_reference, input, rois, probs)
+    if impl is sg_roi_align_reference:  # instseg._C not built: the pure-PyTorch path (CPU only)
         return sg_roi_align_reference(input, rois, probs, (pooled_h, pooled_w), spatial_scale, sampling_ratio, aligned)
-    return _SgROIAlignFunction.apply(input, rois, probs, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned)
+    return impl(input, rois, probs, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
 
 
 class SgROIAlign(nn.Module):

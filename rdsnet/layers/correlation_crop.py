@@ -16,8 +16,9 @@ the object's (expanded) box: a pixel (i, j) is inside when its centre (j + 0.5, 
 probability 1 after the sigmoid) and receives no gradient.
 
 :func:`correlation_crop` runs the compiled op ``torch.ops.instseg.correlation_crop_forward`` (CPU and CUDA
-kernels in ``csrc/corr_crop/``), which visits only the pixels inside each box and never forms a
-(K, d, h, w) or (K, 2, h, w) tensor. :func:`correlation_crop_reference` is Eq. 1 written out in PyTorch; it is
+kernels in ``csrc/correlation_crop/``; its backward ``correlation_crop_backward``), which visits only the pixels
+inside each box and never forms a (K, d, h, w) or (K, 2, h, w) tensor; this module registers its fake kernels
+and backward formula with ``torch.library``. :func:`correlation_crop_reference` is Eq. 1 written out in PyTorch; it is
 the test oracle, the benchmark baseline and the CPU fallback when ``instseg._C`` is not built.
 """
 
@@ -25,14 +26,20 @@ import numbers
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
-from instseg.extension import check_same_device, check_same_dtype, check_tensor, dispatch
+from instseg.extension import (
+    check_same_device,
+    check_same_dtype,
+    check_tensor,
+    dispatch,
+    extension_available,
+    values_readable,
+)
 
 __all__ = ["correlation_crop", "correlation_crop_reference", "CorrelationCrop"]
 
 _OP = "correlation_crop"
-_FORWARD = "correlation_crop_forward"
+_FORWARD, _BACKWARD = f"{_OP}_forward", f"{_OP}_backward"  # torch.ops.instseg.*
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -71,27 +78,6 @@ def correlation_crop_reference(pixel_embed, obj_embed, batch_idx, boxes, fill=fl
     return torch.where(_box_mask(boxes, h, w), z, float(fill))
 
 
-class _CorrelationCrop(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, pixel_embed, obj_embed, batch_idx, boxes, fill):
-        out = torch.ops.instseg.correlation_crop_forward(pixel_embed, obj_embed, batch_idx, boxes, fill)
-        ctx.save_for_backward(pixel_embed, obj_embed, batch_idx, boxes)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        need_pixel, need_obj = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if not (need_pixel or need_obj):
-            return None, None, None, None, None
-        pixel_embed, obj_embed, batch_idx, boxes = ctx.saved_tensors
-        grad_pixel, grad_obj = torch.ops.instseg.correlation_crop_backward(
-            grad_out.contiguous(), pixel_embed, obj_embed, batch_idx, boxes
-        )
-        # No gradient for the boxes: the crop is piecewise constant in them.
-        return (grad_pixel if need_pixel else None), (grad_obj if need_obj else None), None, None, None
-
-
 def _check_inputs(pixel_embed, obj_embed, batch_idx, boxes, fill):
     check_tensor("pixel_embed", pixel_embed, ndim=4, floating=True, op=_OP)
     d = pixel_embed.shape[1]
@@ -105,13 +91,44 @@ def _check_inputs(pixel_embed, obj_embed, batch_idx, boxes, fill):
     check_same_device(_OP, pixel_embed=pixel_embed, obj_embed=obj_embed, batch_idx=batch_idx, boxes=boxes)
     if not isinstance(fill, numbers.Real) or isinstance(fill, bool):
         raise ValueError(f"{_OP}: 'fill' must be a real number, got {type(fill).__name__}")
-    if K > 0:
+    if K > 0 and values_readable(batch_idx):
         lo, hi = int(batch_idx.min()), int(batch_idx.max())
         if lo < 0 or hi >= pixel_embed.shape[0]:
             raise ValueError(
                 f"{_OP}: batch_idx values must lie in [0, {pixel_embed.shape[0]}) (pixel_embed has "
                 f"{pixel_embed.shape[0]} images), got values in [{lo}, {hi}]"
             )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The compiled op: fake kernels and backward formula, registered with torch.library.
+# ------------------------------------------------------------------------------------------------------------
+def _forward_fake(pixel_embed, obj_embed, batch_idx, boxes, fill):
+    return pixel_embed.new_empty((obj_embed.shape[0], pixel_embed.shape[2], pixel_embed.shape[3]))
+
+
+def _backward_fake(grad_out, pixel_embed, obj_embed, batch_idx, boxes):
+    return pixel_embed.new_empty(pixel_embed.shape), obj_embed.new_empty(obj_embed.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    pixel_embed, obj_embed, batch_idx, boxes, _ = inputs
+    ctx.save_for_backward(pixel_embed, obj_embed, batch_idx, boxes)
+
+
+def _backward(ctx, grad_out):
+    need_pixel, need_obj = ctx.needs_input_grad[:2]
+    if not (need_pixel or need_obj):
+        return None, None, None, None, None
+    grad_pixel, grad_obj = torch.ops.instseg.correlation_crop_backward(grad_out, *ctx.saved_tensors)
+    # No gradient for the boxes: the crop is piecewise constant in them.
+    return (grad_pixel if need_pixel else None), (grad_obj if need_obj else None), None, None, None
+
+
+if extension_available():
+    torch.library.register_fake(f"instseg::{_FORWARD}", _forward_fake)
+    torch.library.register_fake(f"instseg::{_BACKWARD}", _backward_fake)
+    torch.library.register_autograd(f"instseg::{_FORWARD}", _backward, setup_context=_setup_context)
 
 
 def correlation_crop(pixel_embed, obj_embed, batch_idx, boxes, fill=float("-inf")):
@@ -137,13 +154,7 @@ def correlation_crop(pixel_embed, obj_embed, batch_idx, boxes, fill=float("-inf"
     impl = dispatch(_FORWARD, correlation_crop_reference, pixel_embed, obj_embed, batch_idx, boxes)
     if impl is correlation_crop_reference:  # instseg._C not built: the pure-PyTorch path (CPU only)
         return correlation_crop_reference(pixel_embed, obj_embed, batch_idx, boxes, fill)
-    return _CorrelationCrop.apply(
-        pixel_embed.contiguous(),
-        obj_embed.contiguous(),
-        batch_idx.to(torch.int64).contiguous(),
-        boxes.contiguous(),
-        fill,
-    )
+    return impl(pixel_embed, obj_embed, batch_idx.to(torch.int64), boxes, fill)
 
 
 class CorrelationCrop(nn.Module):

@@ -1,8 +1,10 @@
 """Tests of CASNet's IoU-vote clustering (Sec. III-C, "common attribute support").
 
 The op (compiled CPU/CUDA kernel, or the reference when instseg._C is not built) is checked against the
-vectorised PyTorch reference, the NumPy reference, a per-pixel brute force written from the definition,
-and torchvision's box_iou; plus hand-built cases for each rule of the definition.
+vectorised PyTorch reference, the NumPy reference (class by class, broadcast), a per-pixel brute force written
+from the definition, and torchvision's box_iou; plus hand-built cases for each rule of the definition. What every
+op is tested for (opcheck, parity with the reference, empty inputs, meta tensors, torch.compile, registration,
+fallback) comes from the shared harness (tests/ops/harness.py) through TestIouVoteOp.
 """
 import math
 
@@ -13,6 +15,7 @@ from torchvision.ops import box_iou
 
 from casnet.layers import iou_vote, iou_vote_numpy, iou_vote_reference
 from instseg.extension import extension_available, extension_has_cuda, get_op
+from tests.ops.harness import OpTester, Sample
 from tests.utils import requires_cuda
 
 DTYPES = [torch.float32, torch.float64]
@@ -46,11 +49,11 @@ def brute_force(labels, dist, boxes, classes, min_iou, tie_eps):
 
     for i in range(H):
         for j in range(W):
-            l, t, r, b = (D[k][i][j] for k in range(4))
-            if not all(math.isfinite(v) for v in (l, t, r, b)):
+            left, top, right, bottom = (D[k][i][j] for k in range(4))
+            if not all(math.isfinite(v) for v in (left, top, right, bottom)):
                 continue
             cx, cy = j + 0.5, i + 0.5
-            p = (cx - l, cy - t, cx + r, cy + b)
+            p = (cx - left, cy - top, cx + right, cy + bottom)
             mine = [s for s in range(len(B)) if C[s] == L[i][j] and all(math.isfinite(v) for v in B[s])]
             if not mine:
                 continue
@@ -67,7 +70,7 @@ def brute_force(labels, dist, boxes, classes, min_iou, tie_eps):
                 continue
             pcx, pcy = (p[0] + p[2]) * 0.5, (p[1] + p[3]) * 0.5
 
-            def d2(s):
+            def d2(s, pcx=pcx, pcy=pcy):
                 dx, dy = pcx - (B[s][0] + B[s][2]) * 0.5, pcy - (B[s][1] + B[s][3]) * 0.5
                 return dx * dx + dy * dy
 
@@ -75,9 +78,9 @@ def brute_force(labels, dist, boxes, classes, min_iou, tie_eps):
     return ids
 
 
-def one_pixel(l, t, r, b, dtype=torch.float64):
+def one_pixel(left, top, right, bottom, dtype=torch.float64):
     """A 1x1 image of class 0 whose pixel (centre (0.5, 0.5)) predicts these distances."""
-    return torch.zeros(1, 1, dtype=torch.int64), torch.tensor([l, t, r, b], dtype=dtype).view(4, 1, 1)
+    return torch.zeros(1, 1, dtype=torch.int64), torch.tensor([left, top, right, bottom], dtype=dtype).view(4, 1, 1)
 
 
 def assert_same(a, b):
@@ -86,6 +89,37 @@ def assert_same(a, b):
     assert ids_a.dtype == torch.int64 and sup_a.dtype == torch.int64
     assert torch.equal(ids_a.cpu(), ids_b.cpu()), f"{(ids_a.cpu() != ids_b.cpu()).sum()} pixels differ"
     assert torch.equal(sup_a.cpu(), sup_b.cpu())
+
+
+class TestIouVoteOp(OpTester):
+    """The shared op tests (tests/ops/harness.py) on IoU-vote clustering (not differentiable; results exact)."""
+
+    forward_op = "iou_vote"
+    wrapper_module = "casnet.layers.iou_vote"
+    tolerances = {}  # the op and the reference agree bit for bit
+
+    def fn(self, *args):
+        return iou_vote(*args)
+
+    def reference(self, *args):
+        return iou_vote_reference(*args)
+
+    def sample(self, dtype, device="cpu", seed=0):
+        return Sample((*random_case(16, 23, 12, 3, dtype, seed, integer_grid=seed % 2 == 1, device=device), 0.0, 1e-3))
+
+    def empty_samples(self, dtype, device="cpu"):
+        labels, dist, boxes, classes = random_case(5, 6, 4, 2, dtype, seed=2, device=device)
+        return [
+            Sample((labels[:0], dist[:, :0], boxes, classes, 0.0, 1e-3)),  # no pixel
+            Sample((labels, dist, boxes[:0], classes[:0], 0.0, 1e-3)),  # no seed
+        ]
+
+    def op_args(self, args):
+        return args
+
+    def expected_shapes(self, args):
+        labels, _, boxes = args[:3]
+        return [(tuple(labels.shape), torch.int64), ((boxes.shape[0],), torch.int64)]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,20 +1,21 @@
 """Shape-guided RoIAlign (DSG Sec. 3.4, Eq. 1-2): the compiled op, its pure-PyTorch reference, the module and
 the multi-level pooler.
 
-Tests parametrised over ``impl`` run both on the compiled op (skipped when instseg._C is not built) and on the
-reference, so each is checked against torchvision's RoIAlign independently.
+What every op is tested for (opcheck, parity with the reference in float32/float64, gradcheck, empty inputs, meta
+tensors, torch.compile, registration, fallback) comes from the shared harness (tests/ops/harness.py) through
+TestSgRoIAlignOp; the tests below are specific to SgRoIAlign. Tests parametrised over ``impl`` run both on the
+compiled op (skipped when instseg._C is not built) and on the reference, so each is checked against torchvision's
+RoIAlign independently.
 """
-import importlib
-
 import pytest
 import torch
 import torchvision
 
 import instseg.extension as ext
 from dsg.layers import SgROIAlign, sg_roi_align, sg_roi_align_reference
+from tests.ops.harness import OpTester, Sample
 from tests.utils import requires_cuda, requires_detectron2
 
-sg_module = importlib.import_module("dsg.layers.sg_roi_align")  # the module (its name is shadowed by the function)
 OP_NAMES = ("sg_roi_align_forward", "sg_roi_align_backward")
 
 
@@ -63,6 +64,45 @@ def tol(dtype):
     return dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
 
 
+class TestSgRoIAlignOp(OpTester):
+    """The shared op tests (tests/ops/harness.py) on SgRoIAlign: 3 x 4 bins, 2 x 2 samples, aligned, stride 2."""
+
+    forward_op, backward_op = OP_NAMES
+    wrapper_module = "dsg.layers.sg_roi_align"
+    OUTPUT_SIZE, SCALE, RATIO, ALIGNED = (3, 4), 0.5, 2, True
+
+    def fn(self, *args):
+        return sg_roi_align(*args)
+
+    def reference(self, *args):
+        return sg_roi_align_reference(*args)
+
+    def _sample(self, x, rois, probs, device):
+        args = (x, rois, probs, self.OUTPUT_SIZE, self.SCALE, self.RATIO, self.ALIGNED)
+        return Sample(tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args), grad_args=(0, 2))
+
+    def sample(self, dtype, device="cpu", seed=0):
+        return self._sample(*make_case((2, 3, 10, 13), 6, (5, 6), self.SCALE, dtype, seed=seed), device)
+
+    def empty_samples(self, dtype, device="cpu"):
+        x, rois, probs = make_case((2, 3, 8, 9), 3, (4, 4), self.SCALE, dtype)
+        return [
+            self._sample(x, rois[:0], probs[:0], device),  # no RoI
+            self._sample(x[:, :0], rois, probs, device),  # no channel
+        ]
+
+    def op_args(self, args):
+        x, rois, probs, (ph, pw), scale, ratio, aligned = args
+        return x, rois, probs, scale, ph, pw, ratio, aligned
+
+    def backward_op_args(self, args, grad):
+        return (grad, *self.op_args(args), [True, True])
+
+    def expected_shapes(self, args):
+        x, rois, _, (ph, pw) = args[:4]
+        return [((rois.shape[0], x.shape[1], ph, pw), x.dtype)]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The compiled op against the reference (forward and both gradients).
 # ---------------------------------------------------------------------------------------------------------
@@ -86,23 +126,6 @@ def test_dsg_eq2_compiled_matches_reference(dtype, aligned, sampling_ratio, shap
     gb = torch.autograd.grad(ref, (xb, pb), grad)
     torch.testing.assert_close(ga[0], gb[0], **tol(dtype))
     torch.testing.assert_close(ga[1], gb[1], **tol(dtype))
-
-
-@requires_compiled
-def test_compiled_op_is_used_and_differentiable():
-    x, rois, probs = make_case((1, 2, 6, 6), 3, (4, 4), 1.0, torch.float32)
-    out = sg_roi_align(x.requires_grad_(), rois, probs, 2, 1.0, 2, True)
-    assert type(out.grad_fn).__name__.startswith("_SgROIAlignFunction")
-
-
-def test_compiled_op_present_when_extension_built():
-    if not ext.extension_available():
-        pytest.skip("instseg._C is not built")
-    for name in OP_NAMES:
-        assert ext.get_op(name) is not None, f"instseg._C is built but torch.ops.instseg.{name} is missing"
-    x, rois, probs = make_case((1, 2, 6, 6), 3, (4, 4), 1.0, torch.float64)
-    out = torch.ops.instseg.sg_roi_align_forward(x, rois, probs, 1.0, 2, 3, 2, True)
-    torch.testing.assert_close(out, sg_roi_align_reference(x, rois, probs, (2, 3), 1.0, 2, True))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -361,6 +384,33 @@ def test_dsg_eq2_planar_and_channels_last_kernels_agree(dtype, num_rois):
     assert results[0][0].abs().sum() > 0 and results[0][2].abs().sum() > 0
 
 
+@requires_compiled
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dsg_eq2_compiled_op_is_deterministic_across_thread_counts(channels_last):
+    # The CPU kernels split RoIs, or (image, channel block) pairs, among threads without atomics and visit an
+    # image's RoIs in ascending order: the same bits whatever the number of threads (and enough work to thread).
+    g = torch.Generator().manual_seed(17)
+    x = torch.randn(2, 40, 48, 48, generator=g)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    rois = random_rois(64, 2, 48, 48, 1.0, torch.float32, g, max_frac=0.5)
+    probs = torch.rand(64, 14, 14, generator=g)
+    grad = torch.randn(64, 40, 7, 7, generator=g)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            xi, pi = x.clone().requires_grad_(), probs.clone().requires_grad_()
+            out = sg_roi_align(xi, rois, pi, 7, 1.0, 0, True)
+            results.append((out.detach(), *torch.autograd.grad(out, (xi, pi), grad)))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_dsg_eq2_half_precision_is_computed_in_float32(dtype):
     x, rois, probs = make_case((1, 3, 8, 8), 4, (4, 4), 1.0, torch.float32)
@@ -424,16 +474,6 @@ def test_dsg_compiled_op_checks_its_arguments():
         fwd(x, nan_roi, probs, 1.0, 2, 2, 2, True)
 
 
-def test_dsg_falls_back_to_reference_with_a_warning(monkeypatch):
-    monkeypatch.setattr(ext, "get_op", lambda name: None)
-    monkeypatch.setattr(sg_module, "get_op", lambda name: None)
-    monkeypatch.setattr(ext, "_warned", set())
-    x, rois, probs = make_case((1, 2, 6, 6), 3, (4, 4), 1.0, torch.float64)
-    with pytest.warns(RuntimeWarning, match="sg_roi_align_forward"):
-        out = sg_roi_align(x, rois, probs, 2, 1.0, 2, True)
-    torch.testing.assert_close(out, sg_roi_align_reference(x, rois, probs, 2, 1.0, 2, True))
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Module and CUDA.
 # ---------------------------------------------------------------------------------------------------------
@@ -494,7 +534,7 @@ def test_dsg_pooler_zero_probs_equals_roipooler_across_fpn_levels(pooler_type):
     feats = [torch.randn(2, 3, int(256 * s), int(320 * s), generator=g) for s in scales]
     sizes = torch.tensor([8.0, 20.0, 48.0, 90.0, 150.0, 230.0, 250.0, 12.0, 64.0, 120.0, 200.0])
     boxes = []
-    for n in range(2):
+    for _ in range(2):
         xy = torch.rand(len(sizes), 2, generator=g) * torch.tensor([320.0, 256.0]) * 0.5
         wh = sizes.view(-1, 1) * (0.6 + 0.8 * torch.rand(len(sizes), 2, generator=g))
         boxes.append(Boxes(torch.cat([xy, xy + wh], dim=1)))

@@ -2,6 +2,9 @@
 
 The compiled op (``instseg._C``) is used when it is built; otherwise the wrapper falls back to the reference and
 the parity tests compare the reference with itself (test_rdsnet_eq1_compiled_op_is_registered then tells which).
+What every op is tested for (opcheck, parity with the reference in float32/float64, gradcheck, empty inputs, meta
+tensors, torch.compile, registration, fallback) comes from the shared harness (tests/ops/harness.py) through
+TestCorrelationCropOp; the tests below are specific to correlation + cropping.
 """
 
 import math
@@ -11,6 +14,7 @@ import torch
 
 import instseg.extension as ext
 from rdsnet.layers import CorrelationCrop, correlation_crop, correlation_crop_reference
+from tests.ops.harness import OpTester, Sample
 from tests.utils import requires_cuda
 
 NEG_INF = float("-inf")
@@ -46,6 +50,41 @@ def _inside_mask(boxes, h, w):
 
 def _tol(dtype):
     return dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+
+
+class TestCorrelationCropOp(OpTester):
+    """The shared op tests (tests/ops/harness.py) on correlation + cropping, with a finite fill (gradcheck)."""
+
+    forward_op, backward_op = "correlation_crop_forward", "correlation_crop_backward"
+    wrapper_module = "rdsnet.layers.correlation_crop"
+    FILL = -3.0
+
+    def fn(self, *args):
+        return correlation_crop(*args)
+
+    def reference(self, *args):
+        return correlation_crop_reference(*args)
+
+    def sample(self, dtype, device="cpu", seed=0):
+        return Sample((*_random_inputs(2, 4, 7, 9, 5, dtype, seed=seed, device=device), self.FILL), grad_args=(0, 1))
+
+    def empty_samples(self, dtype, device="cpu"):
+        pixel, obj, batch, boxes = _random_inputs(2, 4, 6, 7, 3, dtype, seed=1, device=device)
+        return [
+            Sample((pixel, obj[:0], batch[:0], boxes[:0], self.FILL), grad_args=(0, 1)),  # no object
+            Sample((pixel[:, :, :0], obj, batch, boxes, self.FILL), grad_args=(0, 1)),  # no pixel row
+            Sample((pixel[:, :0], obj[:, :, :0], batch, boxes, self.FILL), grad_args=(0, 1)),  # no channel
+        ]
+
+    def op_args(self, args):
+        return args
+
+    def backward_op_args(self, args, grad):
+        return (grad, *args[:4])
+
+    def expected_shapes(self, args):
+        pixel, obj = args[:2]
+        return [((obj.shape[0], pixel.shape[2], pixel.shape[3]), pixel.dtype)]
 
 
 # ------------------------------------------------------------------------------------------------------------

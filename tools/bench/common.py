@@ -1,6 +1,7 @@
 """Timing shared by the op benchmarks."""
 import statistics
 import time
+from typing import Callable, Dict, Optional, Sequence
 
 
 def median_time(fn, warmup: int, repeats: int, sync=None) -> float:
@@ -23,3 +24,50 @@ def median_time(fn, warmup: int, repeats: int, sync=None) -> float:
             sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def thread_counts(all_threads: int) -> Sequence[int]:
+    """The thread counts a CPU op is timed at: one thread and all of them (just one when they are the same)."""
+    return (1,) if all_threads <= 1 else (1, all_threads)
+
+
+def thread_scaling(
+    fns: Dict[str, Callable[[], object]], threads: Sequence[int], warmup: int, repeats: int
+) -> Dict[str, dict]:
+    """CPU times of each ``fns[name]`` at every thread count of ``threads`` (``torch.set_num_threads``).
+
+    The thread counts take turns within every repeat (1, N, 1, N, ...), so a load that comes and goes on the
+    machine hits all of them alike; each time is the median of ``repeats``. Returns, per name,
+    ``{"threads_<n>_s": seconds, ..., "thread_speedup": t(1) / t(max n)}``. The thread count is restored.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    out = {}
+    try:
+        for name, fn in fns.items():
+            samples = {n: [] for n in threads}
+            for n in threads:  # warm-up at every count (OpenMP spins up its thread team on first use)
+                torch.set_num_threads(n)
+                for _ in range(warmup):
+                    fn()
+            for _ in range(max(1, repeats)):
+                for n in threads:
+                    torch.set_num_threads(n)
+                    start = time.perf_counter()
+                    fn()
+                    samples[n].append(time.perf_counter() - start)
+            res = {f"threads_{n}_s": statistics.median(samples[n]) for n in threads}
+            if len(threads) > 1:
+                res["thread_speedup"] = res[f"threads_{threads[0]}_s"] / res[f"threads_{threads[-1]}_s"]
+            out[name] = res
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+def summary_row(scaling: Optional[dict], **ratios: float) -> dict:
+    """One row of the driver's summary table: the thread scaling of a pass and its ratios against references."""
+    row = dict(scaling or {})
+    row.update({f"vs_{k}": v for k, v in ratios.items() if v is not None})
+    return row

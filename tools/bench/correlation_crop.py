@@ -15,9 +15,12 @@ least 3x faster than the reference and at most half its peak memory.
 
 import torch
 
-from tools.bench.common import median_time
+from tools.bench.common import median_time, summary_row, thread_counts, thread_scaling
 
-DEFAULTS = dict(n=2, d=32, height=200, width=304, objects=100, box_min=0.05, box_max=0.6, repeats=5, warmup=1, seed=0)
+DEFAULTS = dict(
+    n=2, d=32, height=200, width=304, objects=100, box_min=0.05, box_max=0.6, repeats=5, warmup=1, seed=0,
+    scaling_repeats=9,
+)
 GOAL_SPEEDUP = 3.0
 GOAL_MEMORY_RATIO = 0.5
 
@@ -34,6 +37,9 @@ def add_args(parser):
     g.add_argument("--corr-crop-repeats", type=int, default=DEFAULTS["repeats"], help="timed repeats")
     g.add_argument("--corr-crop-warmup", type=int, default=DEFAULTS["warmup"], help="untimed warm-up runs")
     g.add_argument("--corr-crop-seed", type=int, default=DEFAULTS["seed"], help="random seed of the inputs")
+    g.add_argument(
+        "--corr-crop-scaling-repeats", type=int, default=DEFAULTS["scaling_repeats"], help="repeats per thread count"
+    )
     return parser
 
 
@@ -139,6 +145,17 @@ def _agreement(inputs, grad):
     }
 
 
+def _scaling(inputs, grad, warmup, repeats) -> dict:
+    """The compiled CPU kernels (forward, backward) at 1 and all threads."""
+    pixel, obj, batch, boxes = inputs
+    ops = torch.ops.instseg
+    fns = {
+        "forward": lambda: ops.correlation_crop_forward(pixel, obj, batch, boxes, float("-inf")),
+        "backward": lambda: ops.correlation_crop_backward(grad, pixel, obj, batch, boxes),
+    }
+    return thread_scaling(fns, thread_counts(torch.get_num_threads()), warmup, repeats)
+
+
 def run(args) -> dict:
     from instseg.extension import extension_has_cuda, get_op
 
@@ -169,6 +186,15 @@ def run(args) -> dict:
     }
     out.update(_agreement(inputs, grad))
     out["cpu"] = _measure(inputs, grad, warmup, repeats, torch.device("cpu"))
+    if out["compiled"]:
+        out["threads"] = _scaling(inputs, grad, warmup, args.corr_crop_scaling_repeats)
+    scaling = out.get("threads", {})
+    out["summary"] = {
+        "forward": summary_row(scaling.get("forward"), reference=out["cpu"]["speedup_forward"]),
+        "backward": summary_row(
+            scaling.get("backward"), reference_forward_backward=out["cpu"]["speedup_forward_backward"]
+        ),
+    }
 
     if torch.cuda.is_available() and get_op("correlation_crop_forward") is not None and extension_has_cuda():
         dev = torch.device("cuda")

@@ -2,11 +2,13 @@
 
 ``run(args)`` times, in one run and on the same synthetic scene,
   * ``casnet.layers.iou_vote`` (the compiled kernel of instseg._C, CPU and, when present, CUDA),
-  * ``iou_vote_numpy``, the vectorised NumPy reference (pixels x seeds, in chunks),
+  * ``iou_vote_numpy``, the NumPy reference (per class, one broadcast IoU of that class's pixel boxes against
+    its seeds, then the tie rule),
   * ``iou_vote_reference``, the same reference in PyTorch,
 checks that all agree exactly, and returns the times (seconds; median of the repeats after warm-up) and
-the speed-up ratios (the op is cheap, so it gets more repeats than the references). Goal (issue 3) on
-a 2-core CPU: the op >= 20x faster than the NumPy reference.
+the speed-up ratios (the op is cheap, so it gets more repeats than the references), and the compiled CPU
+kernel's times at 1 and at all threads. Goal (issues 3 and 13) on a 2-core CPU: the op >= 20x faster than
+the NumPy reference, and >= 1.6x faster on 2 threads than on 1.
 
 The scene mimics CASNet's inputs on a Cityscapes-like image: ``seeds`` instances (boxes of 16-256 px)
 spread over ``classes`` thing classes are painted into the semantic map (later ones on top); the other
@@ -18,9 +20,11 @@ detection would be.
 import numpy as np
 import torch
 
-from tools.bench.common import median_time
+from tools.bench.common import median_time, summary_row, thread_counts, thread_scaling
 
-DEFAULTS = dict(height=512, width=1024, classes=8, seeds=100, repeats=3, op_repeats=20, warmup=1, seed=0)
+DEFAULTS = dict(
+    height=512, width=1024, classes=8, seeds=100, repeats=3, op_repeats=20, warmup=1, seed=0, scaling_repeats=15
+)
 
 
 def add_args(parser):
@@ -35,6 +39,9 @@ def add_args(parser):
     g.add_argument("--iou-vote-op-repeats", type=int, default=DEFAULTS["op_repeats"], help="timed repeats of the op")
     g.add_argument("--iou-vote-warmup", type=int, default=DEFAULTS["warmup"], help="untimed warm-up runs")
     g.add_argument("--iou-vote-seed", type=int, default=DEFAULTS["seed"], help="random seed of the scene")
+    g.add_argument(
+        "--iou-vote-scaling-repeats", type=int, default=DEFAULTS["scaling_repeats"], help="repeats per thread count"
+    )
     return parser
 
 
@@ -113,6 +120,18 @@ def run(args) -> dict:
         "speedup_vs_torch_reference": t_ref / t_op,
         "goal_speedup_vs_numpy": 20.0,
         "goal_met": t_np / t_op >= 20.0,
+    }
+    if out["compiled"]:
+        out["threads"] = thread_scaling(
+            {"forward": lambda: torch.ops.instseg.iou_vote(t_labels, t_dist, t_boxes, t_classes, 0.0, 1e-3)},
+            thread_counts(torch.get_num_threads()),
+            warmup,
+            args.iou_vote_scaling_repeats,
+        )
+    out["summary"] = {
+        "forward": summary_row(
+            out.get("threads", {}).get("forward"), numpy=t_np / t_op, torch_reference=t_ref / t_op
+        )
     }
 
     if torch.cuda.is_available() and get_op("iou_vote") is not None:

@@ -13,7 +13,7 @@ import argparse
 import torch
 import torchvision
 
-from tools.bench.common import median_time
+from tools.bench.common import median_time, summary_row, thread_counts, thread_scaling
 
 FWD_BWD_GOAL = 1.5  # sg_roi_align forward+backward / roi_align forward+backward
 
@@ -37,6 +37,7 @@ def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--sg-roi-align-reference-repeats", type=int, default=1, help="timed repeats, reference")
     g.add_argument("--sg-roi-align-skip-reference", action="store_true", help="do not time the reference")
     g.add_argument("--sg-roi-align-no-cuda", action="store_true", help="CPU only, even with a GPU")
+    g.add_argument("--sg-roi-align-scaling-repeats", type=int, default=7, help="timed repeats per thread count")
     g.add_argument("--sg-roi-align-seed", type=int, default=0)
     return parser
 
@@ -113,9 +114,24 @@ def _measure(a, device: torch.device) -> dict:
     return out
 
 
+def _scaling(a, threads) -> dict:
+    """The compiled CPU kernels (forward, backward of both inputs) at 1 and all threads."""
+    x, rois, probs, grad = _inputs(a, torch.device("cpu"))
+    size, scale, ratio, aligned = a.output_size, a.spatial_scale, a.sampling_ratio, not a.not_aligned
+    ops = torch.ops.instseg
+    fns = {
+        "forward": lambda: ops.sg_roi_align_forward(x, rois, probs, scale, size, size, ratio, aligned),
+        "backward": lambda: ops.sg_roi_align_backward(
+            grad, x, rois, probs, scale, size, size, ratio, aligned, [True, True]
+        ),
+    }
+    return thread_scaling(fns, threads, a.warmup, a.scaling_repeats)
+
+
 def run(args) -> dict:
     """Time the op, its reference and torchvision's roi_align on CPU (and on CUDA when there is a GPU and
-    instseg._C has CUDA kernels). Returns {"op", "compiled_op", "sizes", "cpu": {...}, ["cuda": {...}]}."""
+    instseg._C has CUDA kernels). Returns {"op", "compiled_op", "sizes", "cpu": {...}, ["threads"],
+    "summary", ["cuda": {...}]}."""
     from instseg.extension import extension_has_cuda, get_op
 
     a = argparse.Namespace(
@@ -135,6 +151,22 @@ def run(args) -> dict:
             "box_side_px": [a.min_box, a.max_box],
         },
         "cpu": _measure(a, torch.device("cpu")),
+    }
+    cpu = result["cpu"]
+    if result["compiled_op"]:
+        result["threads"] = _scaling(a, thread_counts(torch.get_num_threads()))
+    scaling = result.get("threads", {})
+    result["summary"] = {
+        "forward": summary_row(
+            scaling.get("forward"),
+            reference=cpu.get("speedup_vs_reference_forward"),
+            roi_align=cpu["roi_align_forward_s"] / cpu["op_forward_s"],
+        ),
+        "backward": summary_row(
+            scaling.get("backward"),
+            reference_forward_backward=cpu.get("speedup_vs_reference_forward_backward"),
+            roi_align_forward_backward=cpu["roi_align_forward_backward_s"] / cpu["op_forward_backward_s"],
+        ),
     }
     if not a.no_cuda and torch.cuda.is_available() and result["compiled_op"] and extension_has_cuda():
         result["cuda"] = _measure(a, torch.device("cuda"))

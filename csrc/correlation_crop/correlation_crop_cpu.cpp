@@ -1,67 +1,53 @@
-// Correlation + cropping (RDSNet, Sec. 3.2, Eq. 1 and the cropping module): op schemas and CPU kernels.
+// Correlation + cropping (RDSNet, Sec. 3.2, Eq. 1 and the cropping module): the CPU kernels (parallel over
+// pixel rows with at::parallel_for). Schemas and argument checks: correlation_crop.cpp.
 //
-//   correlation_crop_forward(pixel_embed (N, d, h, w), obj_embed (K, 2, d), batch_idx (K,) int64,
-//                            boxes (K, 4) xyxy, fill) -> z (K, h, w)
 //   z[k, i, j] = < obj_embed[k, 0] - obj_embed[k, 1], pixel_embed[batch_idx[k], :, i, j] >  inside box k,
 //              = fill                                                                     outside,
 // where "inside" means the pixel centre (j + 0.5, i + 0.5) lies in the box, edges included. The logit z is
 // exact for Eq. 1: softmax over the two correlation channels (l_fg, l_bg) is (sigmoid(z), sigmoid(-z)).
 //
-//   correlation_crop_backward(grad_z, pixel_embed, obj_embed, batch_idx, boxes)
-//       -> (grad_pixel_embed (N, d, h, w), grad_obj_embed (K, 2, d))
 //   grad_pixel_embed[n, c, i, j] = sum_{k in image n, (i, j) in box k} grad_z[k, i, j] * (fg - bg)[k, c]
 //   grad_obj_embed[k, 0, c] = + sum_{(i, j) in box k} grad_z[k, i, j] * pixel_embed[n, c, i, j]
 //   grad_obj_embed[k, 1, c] = - (the same sum)
 // Pixels outside the box contribute nothing (their output is the constant `fill`).
-#include "corr_crop/corr_crop.h"
+#include "correlation_crop/correlation_crop.h"
 
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
 namespace instseg {
-namespace corr_crop {
-
-void check_inputs(const at::Tensor& pixel_embed, const at::Tensor& obj_embed, const at::Tensor& batch_idx,
-                  const at::Tensor& boxes) {
-  TORCH_CHECK(pixel_embed.dim() == 4, "correlation_crop: pixel_embed must be (N, d, h, w), got ",
-              pixel_embed.sizes());
-  TORCH_CHECK(obj_embed.dim() == 3 && obj_embed.size(1) == 2 && obj_embed.size(2) == pixel_embed.size(1),
-              "correlation_crop: obj_embed must be (K, 2, d) with d = pixel_embed.size(1) = ", pixel_embed.size(1),
-              ", got ", obj_embed.sizes());
-  TORCH_CHECK(batch_idx.dim() == 1 && batch_idx.size(0) == obj_embed.size(0),
-              "correlation_crop: batch_idx must be (K,), got ", batch_idx.sizes());
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(0) == obj_embed.size(0) && boxes.size(1) == 4,
-              "correlation_crop: boxes must be (K, 4), got ", boxes.sizes());
-  TORCH_CHECK(pixel_embed.is_floating_point() && obj_embed.scalar_type() == pixel_embed.scalar_type(),
-              "correlation_crop: pixel_embed and obj_embed must share one floating dtype, got ",
-              pixel_embed.scalar_type(), " and ", obj_embed.scalar_type());
-  TORCH_CHECK(batch_idx.scalar_type() == at::kLong, "correlation_crop: batch_idx must be int64, got ",
-              batch_idx.scalar_type());
-  TORCH_CHECK(boxes.is_floating_point(), "correlation_crop: boxes must be floating point, got ",
-              boxes.scalar_type());
-}
+namespace correlation_crop {
 
 namespace {
 
 // Pixel window of every object (see object_window); throws for a batch index outside [0, N).
-std::vector<int64_t> object_windows(const at::Tensor& batch_idx, const at::Tensor& boxes, int64_t num_images,
-                                    int64_t h, int64_t w) {
+std::vector<int64_t> object_windows(const at::Tensor& batch_idx, const at::Tensor& boxes, int64_t num_images, int64_t h,
+                                    int64_t w) {
   const int64_t K = batch_idx.size(0);
   const at::Tensor boxes_d = boxes.to(at::kDouble).contiguous();
   const double* bx = boxes_d.data_ptr<double>();
   const int64_t* bi = batch_idx.data_ptr<int64_t>();
   std::vector<int64_t> win(static_cast<size_t>(K) * 4);
   for (int64_t k = 0; k < K; ++k) {
-    TORCH_CHECK(bi[k] >= 0 && bi[k] < num_images, "correlation_crop: batch_idx[", k, "] = ", bi[k],
-                " is outside [0, ", num_images, ")");
+    TORCH_CHECK(bi[k] >= 0 && bi[k] < num_images, "correlation_crop: batch_idx[", k, "] = ", bi[k], " is outside [0, ",
+                num_images, ")");
     object_window(bx + 4 * k, bi[k], num_images, h, w, win.data() + 4 * k);
   }
   return win;
+}
+
+// Pixels inside the windows of all objects together: the work of a pass is d multiply-adds per such pixel.
+int64_t window_pixels(const std::vector<int64_t>& win) {
+  int64_t total = 0;
+  for (size_t k = 0; k + 3 < win.size(); k += 4) {
+    total += std::max<int64_t>(0, win[k + 1] - win[k] + 1) * std::max<int64_t>(0, win[k + 3] - win[k + 2] + 1);
+  }
+  return total;
 }
 
 // kdiff[k, c] = phi_fg[k, c] - phi_bg[k, c] in the accumulation type: Eq. 1's two logits enter the
@@ -93,20 +79,14 @@ struct ImageObjects {
 //
 // The work is organised by pixel row rather than by object: the d channel rows Psi[n, :, i, :] (d * w values,
 // a few tens of KB) stay in cache while every object whose box covers row i uses them, so Psi is read from
-// memory once instead of once per object. Rows are dealt round-robin to `lanes` lanes and the lanes are split
-// among the threads, so each thread gets rows from the whole height of every image (box coverage, hence cost,
-// varies smoothly with the row). Each row is handled by exactly one lane: no two threads write one row.
+// memory once instead of once per object. Rows are interleaved among the threads (parallel_for_interleaved), so
+// each thread gets rows from the whole height of every image (box coverage, hence cost, varies smoothly with the
+// row). Each row is handled by exactly one thread: no two threads write one row.
 template <typename acc_t, typename Body>
-void for_each_pixel_row(int64_t N, int64_t h, size_t buffer_size, const Body& body) {
-  const int64_t rows = N * h;
-  const int64_t lanes = std::min<int64_t>(rows, 64 * std::max<int>(1, at::get_num_threads()));
-  at::parallel_for(0, lanes, 1, [&](int64_t lane_begin, int64_t lane_end) {
+void for_each_pixel_row(int64_t N, int64_t h, int64_t cost_per_row, size_t buffer_size, const Body& body) {
+  parallel_for_interleaved(N * h, cost_per_row, [&](const auto& for_each_row) {
     std::vector<acc_t> buffer(buffer_size);
-    for (int64_t lane = lane_begin; lane < lane_end; ++lane) {
-      for (int64_t row = lane; row < rows; row += lanes) {
-        body(row / h, row % h, buffer.data());
-      }
-    }
+    for_each_row([&](int64_t row) { body(row / h, row % h, buffer.data()); });
   });
 }
 
@@ -144,7 +124,8 @@ void forward_kernel(const scalar_t* pix, const scalar_t* obj, const int64_t* bid
   const std::vector<acc_t> kdiff = kernel_difference<scalar_t, acc_t>(obj, K, d);
   const ImageObjects objects(bidx, N, K);
   const int64_t plane = h * w;
-  for_each_pixel_row<acc_t>(N, h, static_cast<size_t>(w), [&](int64_t n, int64_t i, acc_t* acc) {
+  const int64_t cost_per_row = d * window_pixels(win) / std::max<int64_t>(1, N * h) + w;
+  for_each_pixel_row<acc_t>(N, h, cost_per_row, static_cast<size_t>(w), [&](int64_t n, int64_t i, acc_t* acc) {
     const scalar_t* prow = pix + n * d * plane + i * w;  // Psi[n, 0, i, :]
     for (int64_t s = objects.start[n]; s < objects.start[n + 1]; ++s) {
       const int64_t k = objects.order[s];
@@ -196,7 +177,8 @@ void backward_kernel(const scalar_t* gout, const scalar_t* pix, const scalar_t* 
   const ImageObjects objects(bidx, N, K);
   const int64_t plane = h * w;
 
-  for_each_pixel_row<acc_t>(N, h, static_cast<size_t>(d) * w, [&](int64_t n, int64_t i, acc_t* acc) {
+  const int64_t cost_per_row = 2 * d * window_pixels(win) / std::max<int64_t>(1, N * h) + d * w;
+  for_each_pixel_row<acc_t>(N, h, cost_per_row, static_cast<size_t>(d) * w, [&](int64_t n, int64_t i, acc_t* acc) {
     const scalar_t* prow = pix + n * d * plane + i * w;  // Psi[n, 0, i, :]
     bool touched = false;
     for (int64_t s = objects.start[n]; s < objects.start[n + 1]; ++s) {
@@ -226,8 +208,7 @@ void backward_kernel(const scalar_t* gout, const scalar_t* pix, const scalar_t* 
     }
   });
 
-  at::parallel_for(0, K, std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, h * d)),
-                   [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, K, grain_for(h * d), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> sum(static_cast<size_t>(d));
     for (int64_t k = begin; k < end; ++k) {
       const int64_t* r = win.data() + 4 * k;
@@ -244,89 +225,51 @@ void backward_kernel(const scalar_t* gout, const scalar_t* pix, const scalar_t* 
   });
 }
 
-at::Tensor correlation_crop_forward_cpu(const at::Tensor& pixel_embed_, const at::Tensor& obj_embed_,
-                                        const at::Tensor& batch_idx_, const at::Tensor& boxes, double fill) {
-  check_inputs(pixel_embed_, obj_embed_, batch_idx_, boxes);
-  TORCH_CHECK(pixel_embed_.device().is_cpu() && obj_embed_.device().is_cpu() && batch_idx_.device().is_cpu() &&
-                  boxes.device().is_cpu(),
-              "correlation_crop (CPU kernel): all inputs must be CPU tensors");
-  const at::Tensor pixel_embed = pixel_embed_.contiguous();
-  const at::Tensor obj_embed = obj_embed_.contiguous();
-  const at::Tensor batch_idx = batch_idx_.contiguous();
-  const int64_t N = pixel_embed.size(0), d = pixel_embed.size(1), h = pixel_embed.size(2), w = pixel_embed.size(3);
-  const int64_t K = obj_embed.size(0);
+}  // namespace
+
+at::Tensor forward_cpu(const at::Tensor& pixel_embed, const at::Tensor& obj_embed, const at::Tensor& batch_idx,
+                       const at::Tensor& boxes, double fill) {
+  const Inputs in(pixel_embed, obj_embed, batch_idx);
+  const Sizes& s = in.size;
   // Cropping module: every pixel starts as `fill`; the kernel overwrites the pixels inside each box.
-  at::Tensor out = at::full({K, h, w}, fill, pixel_embed.options());
+  at::Tensor out = at::full({s.K, s.h, s.w}, fill, in.pixel_embed.options());
   if (out.numel() == 0) {
     return out;
   }
-  const std::vector<int64_t> win = object_windows(batch_idx, boxes, N, h, w);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pixel_embed.scalar_type(), "correlation_crop_forward",
-                                  [&] {
-    forward_kernel<scalar_t>(pixel_embed.data_ptr<scalar_t>(), obj_embed.data_ptr<scalar_t>(),
-                             batch_idx.data_ptr<int64_t>(), win, N, K, d, h, w, out.data_ptr<scalar_t>());
-  });
+  const std::vector<int64_t> win = object_windows(in.batch_idx, boxes, s.N, s.h, s.w);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, in.pixel_embed.scalar_type(), "correlation_crop_forward", [&] {
+        forward_kernel<scalar_t>(in.pixel_embed.data_ptr<scalar_t>(), in.obj_embed.data_ptr<scalar_t>(),
+                                 in.batch_idx.data_ptr<int64_t>(), win, s.N, s.K, s.d, s.h, s.w,
+                                 out.data_ptr<scalar_t>());
+      });
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> correlation_crop_backward_cpu(const at::Tensor& grad_out_,
-                                                                 const at::Tensor& pixel_embed_,
-                                                                 const at::Tensor& obj_embed_,
-                                                                 const at::Tensor& batch_idx_,
-                                                                 const at::Tensor& boxes) {
-  check_inputs(pixel_embed_, obj_embed_, batch_idx_, boxes);
-  const int64_t N = pixel_embed_.size(0), d = pixel_embed_.size(1), h = pixel_embed_.size(2),
-                w = pixel_embed_.size(3);
-  const int64_t K = obj_embed_.size(0);
-  TORCH_CHECK(grad_out_.dim() == 3 && grad_out_.size(0) == K && grad_out_.size(1) == h && grad_out_.size(2) == w,
-              "correlation_crop_backward: grad_out must be (K, h, w) = (", K, ", ", h, ", ", w, "), got ",
-              grad_out_.sizes());
-  TORCH_CHECK(grad_out_.scalar_type() == pixel_embed_.scalar_type(),
-              "correlation_crop_backward: grad_out must have dtype ", pixel_embed_.scalar_type(), ", got ",
-              grad_out_.scalar_type());
-  TORCH_CHECK(grad_out_.device().is_cpu() && pixel_embed_.device().is_cpu() && obj_embed_.device().is_cpu() &&
-                  batch_idx_.device().is_cpu() && boxes.device().is_cpu(),
-              "correlation_crop_backward (CPU kernel): all inputs must be CPU tensors");
-  const at::Tensor grad_out = grad_out_.contiguous();
-  const at::Tensor pixel_embed = pixel_embed_.contiguous();
-  const at::Tensor obj_embed = obj_embed_.contiguous();
-  const at::Tensor batch_idx = batch_idx_.contiguous();
-  at::Tensor grad_pixel = at::empty_like(pixel_embed);
-  at::Tensor grad_obj = at::empty_like(obj_embed);
-  if (K == 0 || h == 0 || w == 0 || d == 0) {
-    grad_pixel.zero_();
-    grad_obj.zero_();
-    return {grad_pixel, grad_obj};
+std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_out, const at::Tensor& pixel_embed,
+                                                const at::Tensor& obj_embed, const at::Tensor& batch_idx,
+                                                const at::Tensor& boxes) {
+  const Inputs in(pixel_embed, obj_embed, batch_idx);
+  if (in.empty()) {
+    return in.zero_gradients();
   }
-  const std::vector<int64_t> win = object_windows(batch_idx, boxes, N, h, w);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pixel_embed.scalar_type(), "correlation_crop_backward",
-                                  [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    // Per-row shares of dL/dphi, (K, h, d) in the accumulation type; only rows inside a box are written/read.
-    at::Tensor partial = at::empty({K, h, d}, pixel_embed.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    backward_kernel<scalar_t>(grad_out.data_ptr<scalar_t>(), pixel_embed.data_ptr<scalar_t>(),
-                              obj_embed.data_ptr<scalar_t>(), batch_idx.data_ptr<int64_t>(), win, N, K, d, h, w,
-                              partial.data_ptr<acc_t>(), grad_pixel.data_ptr<scalar_t>(),
-                              grad_obj.data_ptr<scalar_t>());
-  });
+  const Sizes& s = in.size;
+  const std::vector<int64_t> win = object_windows(in.batch_idx, boxes, s.N, s.h, s.w);
+  const at::Tensor grad = grad_out.contiguous();
+  at::Tensor grad_pixel = at::empty_like(in.pixel_embed), grad_obj = at::empty_like(in.obj_embed);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, in.pixel_embed.scalar_type(), "correlation_crop_backward", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        // Per-row shares of dL/dphi, (K, h, d) in the accumulation type; only rows inside a box are written/read.
+        at::Tensor partial =
+            at::empty({s.K, s.h, s.d}, in.pixel_embed.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        backward_kernel<scalar_t>(grad.data_ptr<scalar_t>(), in.pixel_embed.data_ptr<scalar_t>(),
+                                  in.obj_embed.data_ptr<scalar_t>(), in.batch_idx.data_ptr<int64_t>(), win, s.N, s.K,
+                                  s.d, s.h, s.w, partial.data_ptr<acc_t>(), grad_pixel.data_ptr<scalar_t>(),
+                                  grad_obj.data_ptr<scalar_t>());
+      });
   return {grad_pixel, grad_obj};
 }
 
-}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(instseg, m) {
-  m.def(
-      "correlation_crop_forward(Tensor pixel_embed, Tensor obj_embed, Tensor batch_idx, Tensor boxes, "
-      "float fill) -> Tensor");
-  m.def(
-      "correlation_crop_backward(Tensor grad_out, Tensor pixel_embed, Tensor obj_embed, Tensor batch_idx, "
-      "Tensor boxes) -> (Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(instseg, CPU, m) {
-  m.impl("correlation_crop_forward", &correlation_crop_forward_cpu);
-  m.impl("correlation_crop_backward", &correlation_crop_backward_cpu);
-}
-
-}  // namespace corr_crop
+}  // namespace correlation_crop
 }  // namespace instseg
