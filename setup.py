@@ -9,6 +9,7 @@ The C++ is compiled with OpenMP (``-fopenmp``) when the compiler takes it: ATen'
 the CPU kernels use, is an inline OpenMP loop that runs serially in code compiled without it.
 ``INSTSEG_NO_OPENMP=1`` builds without; ``instseg._C.with_openmp()`` tells which it was.
 """
+
 import glob
 import os
 import subprocess
@@ -68,9 +69,7 @@ def get_extensions():
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
 
     cuda_sources = sorted(glob.glob(os.path.join(csrc, "*", "*.cu")))
-    with_cuda = os.environ.get("FORCE_CUDA", "0") == "1" or (
-        CUDA_HOME is not None and torch.version.cuda is not None
-    )
+    with_cuda = os.environ.get("FORCE_CUDA", "0") == "1" or (CUDA_HOME is not None and torch.version.cuda is not None)
     openmp = _openmp_flags()
     # -fno-trapping-math: the kernels never read floating-point exception flags, and without it GCC keeps a
     # comparison-and-select (`uni > 0 ? inter / uni : 0`) as a branch, which stops the loop from vectorising.

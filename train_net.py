@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Train or evaluate any instseg method (or a baseline) with detectron2's tools.
 
-    python train_net.py --config-file configs/Baselines/mask_rcnn_R_18_FPN_synthetic.yaml
-    python train_net.py --config-file <cfg> --eval-only MODEL.WEIGHTS <checkpoint.pth>
-    python train_net.py --config-file <cfg> --resume            # continue from OUTPUT_DIR/last_checkpoint
-    python train_net.py --config-file <cfg> --num-gpus 2        # also on a CPU-only machine (gloo)
+python train_net.py --config-file configs/Baselines/mask_rcnn_R_18_FPN_synthetic.yaml
+python train_net.py --config-file <cfg> --eval-only MODEL.WEIGHTS <checkpoint.pth>
+python train_net.py --config-file <cfg> --resume            # continue from OUTPUT_DIR/last_checkpoint
+python train_net.py --config-file <cfg> --num-gpus 2        # also on a CPU-only machine (gloo)
 """
+
 import sys
 
 try:

@@ -4,6 +4,7 @@ detectron2 extension.
 ``casnet.layers`` (the IoU-vote clustering op) needs only torch. Importing the package registers
 ``add_casnet_config``; its detectron2 model (``casnet.modeling``) arrives with its issue.
 """
+
 from instseg.registry import METHOD_CONFIG_REGISTRY
 
 from . import layers  # noqa: F401

@@ -5,6 +5,7 @@ extension.
 MPN, cascade, the shape-guided poolers) are imported, and so registered, when detectron2 is installed. Importing the
 package registers ``add_dsg_config``.
 """
+
 import importlib.util
 
 from instseg.registry import METHOD_CONFIG_REGISTRY

@@ -1,4 +1,5 @@
 """Compatibility shims for the detectron2 we install from its official source."""
+
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -45,4 +46,3 @@ def ensure_cityscapesscripts_alias() -> bool:
     if importlib.util.find_spec(_D2_CITYSCAPESSCRIPTS.split(".")[0]) is None:
         sys.meta_path.insert(0, _CityscapesScriptsAlias())  # before PathFinder, which would load copies
     return True
-

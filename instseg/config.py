@@ -1,6 +1,7 @@
 """One ``get_cfg()`` for every method: detectron2's defaults, instseg's own keys and the ``add_<method>_config`` of
 every method package (registered in ``instseg.registry.METHOD_CONFIG_REGISTRY`` when the package is imported).
 train_net.py, the tools and the tests build configs here."""
+
 from detectron2.config import get_cfg as _d2_get_cfg
 
 import instseg.modeling  # noqa: F401  (registers instseg's backbones)

@@ -2,6 +2,7 @@
 
 Kept free of detectron2 imports so that the Makefile can ask it before anything heavy loads.
 """
+
 import os
 
 

@@ -8,6 +8,7 @@ formula (``register_autograd``), as torchvision does for its ops, so the ops wor
 extension was not built they fall back to their pure-PyTorch reference on CPU (with a one-time warning), and a
 CUDA tensor with no CUDA kernel is a clear error.
 """
+
 import logging
 import warnings
 from typing import Optional, Sequence

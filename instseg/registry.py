@@ -9,6 +9,7 @@ instseg knows no method by name. A method package (``maskpoint``, ``dsg``, ...) 
 Which packages ship is said once, in packaging: setup.py declares each as an entry point of the group
 ``instseg.methods``; :func:`load_methods` imports them all, so their registrations run.
 """
+
 import functools
 import importlib
 import logging
@@ -39,8 +40,10 @@ def load_methods() -> tuple:
     """Import every shipped method package (once), so that its registrations run; returns their names."""
     names = method_packages()
     if not names:
-        logger.warning("No instseg method package found (entry points '%s'): is the project installed "
-                       "(pip install -e .)?", ENTRY_POINT_GROUP)
+        logger.warning(
+            "No instseg method package found (entry points '%s'): is the project installed (pip install -e .)?",
+            ENTRY_POINT_GROUP,
+        )
     for name in names:
         importlib.import_module(name)
     return tuple(names)

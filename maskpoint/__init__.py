@@ -5,6 +5,7 @@ torch. With detectron2 installed, importing the package registers the detectron2
 heads, contour keypoint head, the dataset mapper that samples the targets) and the contour-keypoint evaluator
 (``maskpoint.evaluation``); it always registers ``add_maskpoint_config``.
 """
+
 import importlib.util
 
 from instseg.registry import METHOD_CONFIG_REGISTRY, METHOD_EVALUATOR_REGISTRY

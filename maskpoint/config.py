@@ -36,8 +36,8 @@ def add_maskpoint_config(cfg) -> None:
     _C.OKS_SIGMAS = [0.025]
 
 
-# The dataset mapper that samples the contour points in the data loader (maskpoint.modeling.ContourPointDatasetMapper), and the detectron2 keys
-# that its keypoint branch implies.
+# The dataset mapper that samples the contour points in the data loader
+# (maskpoint.modeling.ContourPointDatasetMapper), and the detectron2 keys that its keypoint branch implies.
 MAPPER_NAME = "ContourPointDatasetMapper"
 
 
@@ -97,9 +97,11 @@ def check_maskpoint_config(cfg) -> None:
             problems.append(f"{key} is {have!r}, but Mask Point R-CNN needs {want!r} ({why[key]})")
             fixes += [key, str(want)]
     if not cfg.MODEL.MASK_ON:
-        problems.append("MODEL.MASK_ON is False, but Mask Point R-CNN learns its contour points from instance masks "
-                        "and predicts masks (Table VII's keypoint-only row, without a mask head, is "
-                        "MODEL.MASK_POINT.MASK_HEAD False)")
+        problems.append(
+            "MODEL.MASK_ON is False, but Mask Point R-CNN learns its contour points from instance masks "
+            "and predicts masks (Table VII's keypoint-only row, without a mask head, is "
+            "MODEL.MASK_POINT.MASK_HEAD False)"
+        )
         fixes += ["MODEL.MASK_ON", "True"]
     from .layers import CENTERS, SAMPLINGS
 
@@ -110,25 +112,31 @@ def check_maskpoint_config(cfg) -> None:
         problems.append(f"MODEL.MASK_POINT.CENTER must be one of {CENTERS}, got {mp.CENTER!r}")
         fixes += ["MODEL.MASK_POINT.CENTER", CENTERS[0]]
     if mp.REDUCTION != "conv" and mp.FUSION_STRUCTURE in ("c", "d"):
-        problems.append(f"MODEL.MASK_POINT.REDUCTION {mp.REDUCTION} reduces 56x56 heatmaps to 28x28 (Table III: "
-                        f"structures a and b); structure {mp.FUSION_STRUCTURE} does not reduce")
+        problems.append(
+            f"MODEL.MASK_POINT.REDUCTION {mp.REDUCTION} reduces 56x56 heatmaps to 28x28 (Table III: "
+            f"structures a and b); structure {mp.FUSION_STRUCTURE} does not reduce"
+        )
         fixes += ["MODEL.MASK_POINT.REDUCTION", "conv"]
     if not mp.MASK_HEAD:
         unused = {"FUSION_STRUCTURE": "b", "REDUCTION": "conv", "FUSION": "mul"}
         for key, default in unused.items():
             if mp[key] != default:
-                problems.append(f"MODEL.MASK_POINT.{key} {mp[key]} shapes the fusion into the mask head, which "
-                                "MASK_HEAD False does not have")
+                problems.append(
+                    f"MODEL.MASK_POINT.{key} {mp[key]} shapes the fusion into the mask head, which "
+                    "MASK_HEAD False does not have"
+                )
                 fixes += [f"MODEL.MASK_POINT.{key}", default]
     if not mp.MASK_HEAD and not mp.MASK_FROM_CONTOUR:
-        problems.append("MODEL.MASK_POINT.MASK_HEAD is False (no mask head), so the masks can only be the filled "
-                        "contour polygons")
+        problems.append(
+            "MODEL.MASK_POINT.MASK_HEAD is False (no mask head), so the masks can only be the filled contour polygons"
+        )
         fixes += ["MODEL.MASK_POINT.MASK_FROM_CONTOUR", "True"]
     if problems:
         raise ValueError(
             "Mask Point R-CNN (MODEL.MASK_POINT: NUM_POINTS={}, WITH_CENTER={}, KEYPOINT_LOSS_WEIGHT={}): {}. "
-            "Set: {}".format(mp.NUM_POINTS, mp.WITH_CENTER, mp.KEYPOINT_LOSS_WEIGHT, "; ".join(problems),
-                             " ".join(fixes))
+            "Set: {}".format(
+                mp.NUM_POINTS, mp.WITH_CENTER, mp.KEYPOINT_LOSS_WEIGHT, "; ".join(problems), " ".join(fixes)
+            )
         )
 
 

@@ -3,6 +3,7 @@
 ``rdsnet.layers`` (the correlation + cropping op) needs only torch. Importing the package registers
 ``add_rdsnet_config``; its detectron2 model (``rdsnet.modeling``) arrives with its issue.
 """
+
 from instseg.registry import METHOD_CONFIG_REGISTRY
 
 from . import layers  # noqa: F401

@@ -1,4 +1,5 @@
 """The measurement tools run and print what they promise (JSON with ratios against the first model)."""
+
 import json
 import os
 
@@ -16,10 +17,30 @@ def test_benchmark_inference_json(capsys):
 
     base = os.path.join(ROOT, "configs", "Baselines", "mask_rcnn_R_18_FPN_synthetic.yaml")
     mp = os.path.join(ROOT, "configs", "MaskPoint", "mask_point_rcnn_R_18_FPN_synthetic.yaml")
-    benchmark_inference.main(["--model", "a", base, "--model", "b", mp, "MODEL.MASK_POINT.NUM_POINTS", "8",
-                              "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS", "9",
-                              "--size", "64", "64", "--repeats", "1", "--warmup", "0", "--detections", "5",
-                              "--json"])
+    benchmark_inference.main(
+        [
+            "--model",
+            "a",
+            base,
+            "--model",
+            "b",
+            mp,
+            "MODEL.MASK_POINT.NUM_POINTS",
+            "8",
+            "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS",
+            "9",
+            "--size",
+            "64",
+            "64",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--detections",
+            "5",
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     a, b = out["models"]["a"], out["models"]["b"]
     assert a["ratio_to_a"] == 1.0 and b["ratio_to_a"] == pytest.approx(b["seconds"] / a["seconds"])
@@ -52,12 +73,30 @@ def test_huddled_eval_tool(tmp_path, capsys):
 
     d = _segm_dataset()
     (tmp_path / "gt.json").write_text(json.dumps(d))
-    res = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9,
-            "segmentation": a["segmentation"]} for a in d["annotations"]]
+    res = [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": 0.9,
+            "segmentation": a["segmentation"],
+        }
+        for a in d["annotations"]
+    ]
     (tmp_path / "a.json").write_text(json.dumps(res[:1]))
     (tmp_path / "b.json").write_text(json.dumps(res))
-    rows = huddled_eval.main(["--gt-json", str(tmp_path / "gt.json"), "--results", f"a={tmp_path / 'a.json'}",
-                              f"b={tmp_path / 'b.json'}", "--thresholds", "0.0", "0.1"])
+    rows = huddled_eval.main(
+        [
+            "--gt-json",
+            str(tmp_path / "gt.json"),
+            "--results",
+            f"a={tmp_path / 'a.json'}",
+            f"b={tmp_path / 'b.json'}",
+            "--thresholds",
+            "0.0",
+            "0.1",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "| T_O \\ T_P | 0.0 | 0.1 |" in printed
     assert rows[0]["b/bbox"] == pytest.approx(100.0) and rows[0]["a/bbox"] < 100.0
@@ -72,8 +111,11 @@ def test_demo_renders_a_grid(tmp_path, datasets_dir, ground_truth):
 
     out = tmp_path / "demo.png"
     cfg = os.path.join(ROOT, "configs", "Baselines", "mask_rcnn_R_18_FPN_synthetic.yaml")
-    grid = demo.main(["--config-file", cfg, "--num-images", "3", "--columns", "2", "--output", str(out)]
-                     + (["--ground-truth"] if ground_truth else ["--score-threshold", "0.0"]) + TINY)
+    grid = demo.main(
+        ["--config-file", cfg, "--num-images", "3", "--columns", "2", "--output", str(out)]
+        + (["--ground-truth"] if ground_truth else ["--score-threshold", "0.0"])
+        + TINY
+    )
     assert out.exists() and grid.shape == (2 * 2 * 96, 2 * 2 * 96, 3)  # 2 rows x 2 columns at scale 2
     assert grid[: 2 * 96, : 2 * 96].std() > 0 and grid[2 * 96 :, 2 * 96 :].max() == 0  # 3 tiles, one empty
 
@@ -88,9 +130,24 @@ def test_benchmark_inference_dsg_table1_preset_and_weights(tmp_path, capsys, mon
     monkeypatch.chdir(ROOT)
     _, model, _ = benchmark_inference.build(["row2", benchmark_inference.SYN_DSG, *table1_opts(2)], 5)
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("row2")
-    benchmark_inference.main(["--preset", "dsg_table1", "--weights", f"row2={tmp_path / 'row2.pth'}",
-                              "--size", "64", "64", "--repeats", "1", "--warmup", "0", "--detections", "5",
-                              "--json"])
+    benchmark_inference.main(
+        [
+            "--preset",
+            "dsg_table1",
+            "--weights",
+            f"row2={tmp_path / 'row2.pth'}",
+            "--size",
+            "64",
+            "64",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--detections",
+            "5",
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)["models"]
     assert list(out) == ["row0_mask_rcnn"] + [f"row{i}" for i in range(1, len(TABLE1_ROWS))] + ["dsg_light"]
     assert out["row2"]["opts"][-2:] == ["MODEL.WEIGHTS", str(tmp_path / "row2.pth")]

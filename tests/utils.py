@@ -1,4 +1,5 @@
 """Helpers shared by the tests."""
+
 import importlib.util
 
 import pytest
@@ -31,17 +32,39 @@ requires_cuda = pytest.mark.skipif(
 
 # a tiny version of the default synthetic setting: 96 px images, 2 images per batch, a few iterations
 TINY = [
-    "DATASETS.SYNTHETIC.IMAGE_SIZE", "(96, 96)",
-    "DATASETS.SYNTHETIC.NUM_TRAIN", "12",
-    "DATASETS.SYNTHETIC.NUM_VAL", "4",
-    "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
-    "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96",
-    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.BASE_LR", "0.01",
-    "SOLVER.STEPS", "()", "DATALOADER.NUM_WORKERS", "0",
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",  # an untrained model still predicts something
+    "DATASETS.SYNTHETIC.IMAGE_SIZE",
+    "(96, 96)",
+    "DATASETS.SYNTHETIC.NUM_TRAIN",
+    "12",
+    "DATASETS.SYNTHETIC.NUM_VAL",
+    "4",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(96,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "96",
+    "INPUT.MIN_SIZE_TEST",
+    "96",
+    "INPUT.MAX_SIZE_TEST",
+    "96",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SOLVER.WARMUP_ITERS",
+    "1",
+    "SOLVER.BASE_LR",
+    "0.01",
+    "SOLVER.STEPS",
+    "()",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+    "0.0",  # an untrained model still predicts something
     # BN everywhere: after 3 iterations the running statistics are far off; PreciseBN recomputes them
-    "TEST.PRECISE_BN.ENABLED", "True", "TEST.PRECISE_BN.NUM_ITER", "4",
-    "MODEL.DEVICE", "cpu",
+    "TEST.PRECISE_BN.ENABLED",
+    "True",
+    "TEST.PRECISE_BN.NUM_ITER",
+    "4",
+    "MODEL.DEVICE",
+    "cpu",
 ]
 
 

@@ -12,6 +12,7 @@ the same number of RoIs, the box head keeps exactly ``--detections`` detections 
 0). The models are timed in turns (a, b, c, a, b, c, ...) and each one's median is reported; ratios are
 against the first model.
 """
+
 import argparse
 import json
 import os
@@ -37,8 +38,12 @@ PRESETS = {
         ["mask_rcnn", "configs/Baselines/mask_rcnn_R_50_FPN_1x.yaml"],
         # Mask R-CNN with the mask-head tail DSG's heads use (instseg.layers.upsample_and_predict): the
         # same function, so DSG's ratio can also be read against it
-        ["mask_rcnn_matmul_tail", "configs/Baselines/mask_rcnn_R_50_FPN_1x.yaml",
-         "MODEL.ROI_MASK_HEAD.NAME", "FeatureMaskRCNNHead"],
+        [
+            "mask_rcnn_matmul_tail",
+            "configs/Baselines/mask_rcnn_R_50_FPN_1x.yaml",
+            "MODEL.ROI_MASK_HEAD.NAME",
+            "FeatureMaskRCNNHead",
+        ],
         ["dsg", "configs/DSG/dsg_R_50_FPN_1x.yaml"],
         ["dsg_light", "configs/DSG/dsg_light_R_50_FPN_1x.yaml"],
     ],
@@ -55,10 +60,21 @@ PRESETS = {
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), help="a set of models to compare")
-    p.add_argument("--model", nargs="+", action="append", default=[], metavar="NAME CONFIG [KEY VALUE ...]",
-                   help="a model: a name, its config file and config overrides (repeatable)")
-    p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
-                   help="load a checkpoint into the model NAME (repeatable), e.g. a preset's row")
+    p.add_argument(
+        "--model",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="NAME CONFIG [KEY VALUE ...]",
+        help="a model: a name, its config file and config overrides (repeatable)",
+    )
+    p.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="load a checkpoint into the model NAME (repeatable), e.g. a preset's row",
+    )
     p.add_argument("--size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"))
     p.add_argument("--detections", type=int, default=100, help="detections per image kept by every model")
     p.add_argument("--repeats", type=int, default=3)
@@ -90,10 +106,19 @@ def build(spec, detections):
     name, config, *opts = spec
     cfg = get_cfg()
     cfg.merge_from_file(config)
-    cfg.merge_from_list(list(opts) + [
-        "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu",
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", str(detections),
-    ])
+    cfg.merge_from_list(
+        list(opts)
+        + [
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            "0.0",
+            "TEST.DETECTIONS_PER_IMAGE",
+            str(detections),
+        ]
+    )
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     # random weights unless the opts name a checkpoint (e.g. a trained synthetic model)
@@ -159,12 +184,20 @@ def main(argv=None):
     base = models[0][0]
     med = {n: statistics.median(t) for n, t in times.items()}
     result = {
-        "size": [h, w], "threads": torch.get_num_threads(), "repeats": args.repeats,
+        "size": [h, w],
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
         "machine": platform.processor() or platform.machine(),
         "models": {
-            name: {"seconds": med[name], "ratio_to_" + base: med[name] / med[base], "params": params,
-                   "params_delta_M": (params - models[0][2]) / 1e6, "detections": detections[name],
-                   "config": spec[1], "opts": spec[2:]}
+            name: {
+                "seconds": med[name],
+                "ratio_to_" + base: med[name] / med[base],
+                "params": params,
+                "params_delta_M": (params - models[0][2]) / 1e6,
+                "detections": detections[name],
+                "config": spec[1],
+                "opts": spec[2:],
+            }
             for (name, _, params), spec in zip(models, args.models)
         },
     }
@@ -173,8 +206,10 @@ def main(argv=None):
     else:
         print(f"inference at {h}x{w}, {result['threads']} threads, median of {args.repeats}")
         for name, r in result["models"].items():
-            print(f"  {name:28s} {r['seconds']:8.3f} s  x{r['ratio_to_' + base]:.3f} vs {base}  "
-                  f"params {r['params'] / 1e6:.2f}M ({r['params_delta_M']:+.2f}M)  detections {r['detections']}")
+            print(
+                f"  {name:28s} {r['seconds']:8.3f} s  x{r['ratio_to_' + base]:.3f} vs {base}  "
+                f"params {r['params'] / 1e6:.2f}M ({r['params_delta_M']:+.2f}M)  detections {r['detections']}"
+            )
     return result
 
 

@@ -14,6 +14,7 @@ thread scaling and the speed-ups against the references (``vs_<reference>`` = re
 printed as a table at the end. The machine block says whether instseg._C was built with OpenMP (without
 it ATen's ``at::parallel_for`` runs our loops on one thread).
 """
+
 import argparse
 import importlib
 import json

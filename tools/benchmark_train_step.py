@@ -11,6 +11,7 @@ the mapper's cost per image (the work moved into the workers, which overlap the 
     python tools/benchmark_train_step.py --config configs/MaskPoint/mask_point_rcnn_R_18_FPN_synthetic.yaml \
         --size 512 --batch 2 MODEL.MASK_POINT.NUM_POINTS 50 MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS 51
 """
+
 import argparse
 import json
 import os
@@ -44,11 +45,23 @@ def build_cfg(args):
     cfg = get_cfg()
     cfg.merge_from_file(args.config)
     n = args.batch * (args.warmup + args.repeats)
-    cfg.merge_from_list([
-        "DATASETS.SYNTHETIC.IMAGE_SIZE", f"({args.size}, {args.size})", "DATASETS.SYNTHETIC.NUM_TRAIN", str(n),
-        "INPUT.MIN_SIZE_TRAIN", f"({args.size},)", "INPUT.MAX_SIZE_TRAIN", str(args.size),
-        "SOLVER.IMS_PER_BATCH", str(args.batch), "MODEL.DEVICE", args.device, *args.opts,
-    ])
+    cfg.merge_from_list(
+        [
+            "DATASETS.SYNTHETIC.IMAGE_SIZE",
+            f"({args.size}, {args.size})",
+            "DATASETS.SYNTHETIC.NUM_TRAIN",
+            str(n),
+            "INPUT.MIN_SIZE_TRAIN",
+            f"({args.size},)",
+            "INPUT.MAX_SIZE_TRAIN",
+            str(args.size),
+            "SOLVER.IMS_PER_BATCH",
+            str(args.batch),
+            "MODEL.DEVICE",
+            args.device,
+            *args.opts,
+        ]
+    )
     cfg.freeze()
     return cfg
 
@@ -95,7 +108,7 @@ def main(argv=None):
         start = time.perf_counter()
         d2_mapper(d)
         t_d2.append(time.perf_counter() - start)
-    batches = [mapped[i: i + args.batch] for i in range(0, len(mapped), args.batch)]
+    batches = [mapped[i : i + args.batch] for i in range(0, len(mapped), args.batch)]
 
     device = torch.device(cfg.MODEL.DEVICE)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -119,8 +132,9 @@ def main(argv=None):
             if targets_in_step and inst.has("gt_masks"):
                 inst.remove("gt_keypoints")
                 start = time.perf_counter()
-                inst.gt_keypoints = contour_keypoints(inst.gt_masks, inst.image_size, mp.NUM_POINTS, mp.SAMPLING,
-                                                      mp.WITH_CENTER, mp.CENTER)
+                inst.gt_keypoints = contour_keypoints(
+                    inst.gt_masks, inst.image_size, mp.NUM_POINTS, mp.SAMPLING, mp.WITH_CENTER, mp.CENTER
+                )
                 sync()
                 sampling += time.perf_counter() - start
             inputs.append(dict(d, instances=inst))
@@ -175,23 +189,35 @@ def main(argv=None):
         "heads_targets_before_s": med["heads_before"],
         "heads_targets_after_s": med["heads_after"],
         "heads_targets_ratio_after_before": med["heads_after"] / med["heads_before"],
-        "mapper_s_per_image": {"DatasetMapper": statistics.median(t_d2),
-                               "ContourPointDatasetMapper": statistics.median(t_mp)},
+        "mapper_s_per_image": {
+            "DatasetMapper": statistics.median(t_d2),
+            "ContourPointDatasetMapper": statistics.median(t_mp),
+        },
         "mapper_ratio": statistics.median(t_mp) / statistics.median(t_d2),
     }
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{args.config} on {device} ({result['threads']} threads), {args.batch} x {args.size}^2, "
-              f"k = {mp.NUM_POINTS}, median of {result['repeats']} steps each")
-        print(f"  step, targets in the step (before):  {before * 1e3:8.1f} ms "
-              f"(sampling: {result['targets_in_step_before_s'] * 1e3:.1f} ms)")
-        print(f"  step, targets from the loader (after): {after * 1e3:8.1f} ms   after/before = "
-              f"{result['ratio_after_before']:.3f}")
-        print(f"  ROI heads' target step: before {med['heads_before'] * 1e3:.1f} ms, after "
-              f"{med['heads_after'] * 1e3:.1f} ms   after/before = {result['heads_targets_ratio_after_before']:.3f}")
-        print(f"  mapper per image: DatasetMapper {statistics.median(t_d2) * 1e3:.1f} ms, ContourPointDatasetMapper "
-              f"{statistics.median(t_mp) * 1e3:.1f} ms (x{result['mapper_ratio']:.2f}, in the workers)")
+        print(
+            f"{args.config} on {device} ({result['threads']} threads), {args.batch} x {args.size}^2, "
+            f"k = {mp.NUM_POINTS}, median of {result['repeats']} steps each"
+        )
+        print(
+            f"  step, targets in the step (before):  {before * 1e3:8.1f} ms "
+            f"(sampling: {result['targets_in_step_before_s'] * 1e3:.1f} ms)"
+        )
+        print(
+            f"  step, targets from the loader (after): {after * 1e3:8.1f} ms   after/before = "
+            f"{result['ratio_after_before']:.3f}"
+        )
+        print(
+            f"  ROI heads' target step: before {med['heads_before'] * 1e3:.1f} ms, after "
+            f"{med['heads_after'] * 1e3:.1f} ms   after/before = {result['heads_targets_ratio_after_before']:.3f}"
+        )
+        print(
+            f"  mapper per image: DatasetMapper {statistics.median(t_d2) * 1e3:.1f} ms, ContourPointDatasetMapper "
+            f"{statistics.median(t_mp) * 1e3:.1f} ms (x{result['mapper_ratio']:.2f}, in the workers)"
+        )
     return result
 
 

@@ -5,6 +5,7 @@
         --output demo.png MODEL.WEIGHTS output/make_train/model_final.pth
     python tools/demo.py --config-file <cfg> --ground-truth --output gt.png
 """
+
 import argparse
 import os
 import sys
@@ -32,15 +33,15 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    import torch
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.engine import DefaultPredictor
     from detectron2.utils.visualizer import ColorMode, Visualizer
 
     import instseg.data  # noqa: F401
+    from instseg.config import get_cfg
     from instseg.data.datasets import register_synthetic_from_cfg
     from instseg.engine.setup import merge_config
-    from instseg.config import get_cfg
-    import torch
 
     cfg = get_cfg()
     merge_config(cfg, args.config_file, args.opts)

@@ -9,6 +9,7 @@ the subsets of a dataset selected by T_O and T_P, AP as the mean over instances.
 
 The table shows the second model minus the first (box / mask AP); --json prints every cell's numbers.
 """
+
 import argparse
 import json
 import os
@@ -24,8 +25,13 @@ def parse_args(argv=None):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--gt-json", help="COCO-format ground-truth json")
     src.add_argument("--dataset", help="a registered detectron2 dataset (converted to COCO format)")
-    p.add_argument("--results", nargs="+", required=True, metavar="NAME=PATH",
-                   help="COCO results json per model (e.g. detectron2's coco_instances_results.json)")
+    p.add_argument(
+        "--results",
+        nargs="+",
+        required=True,
+        metavar="NAME=PATH",
+        help="COCO results json per model (e.g. detectron2's coco_instances_results.json)",
+    )
     p.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
     p.add_argument("--json", action="store_true", help="print the grid as JSON")
     return p.parse_args(argv)
@@ -35,8 +41,9 @@ def load_gt(args) -> dict:
     if args.gt_json:
         with open(args.gt_json) as f:
             return json.load(f)
-    import instseg.data  # noqa: F401  (registers the synthetic datasets)
     from detectron2.data.datasets.coco import convert_to_coco_dict
+
+    import instseg.data  # noqa: F401  (registers the synthetic datasets)
 
     return convert_to_coco_dict(args.dataset)
 

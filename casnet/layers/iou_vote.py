@@ -33,6 +33,7 @@ Three entry points share this definition:
 Both references evaluate the same formulas in the same order as the kernels (``csrc/iou_vote/iou_vote.h``),
 so results agree exactly, not just up to rounding.
 """
+
 import math
 from numbers import Real
 from typing import Tuple
@@ -187,9 +188,7 @@ def _check_inputs(sem_labels, distances, seed_boxes, seed_classes, min_iou, tie_
     check_tensor("seed_boxes", seed_boxes, ndim=2, shape=(None, 4), floating=True, op=_OP)
     check_tensor("seed_classes", seed_classes, ndim=1, shape=(seed_boxes.shape[0],), integer=True, op=_OP)
     check_same_dtype(_OP, distances=distances, seed_boxes=seed_boxes)
-    check_same_device(
-        _OP, sem_labels=sem_labels, distances=distances, seed_boxes=seed_boxes, seed_classes=seed_classes
-    )
+    check_same_device(_OP, sem_labels=sem_labels, distances=distances, seed_boxes=seed_boxes, seed_classes=seed_classes)
     _check_scalars(min_iou, tie_eps)
 
 

@@ -25,6 +25,7 @@ backward ``sg_roi_align_backward``), whose fake kernels and backward formula thi
 ``torch.library``, and falls back to :func:`sg_roi_align_reference` (pure PyTorch, CPU only) when the extension
 is not built.
 """
+
 from typing import Sequence, Tuple, Union
 
 import torch
@@ -241,8 +242,9 @@ def _forward_fake(input, rois, probs, spatial_scale, pooled_height, pooled_width
     return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
 
 
-def _backward_fake(grad, input, rois, probs, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned,
-                   output_mask):
+def _backward_fake(
+    grad, input, rois, probs, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, output_mask
+):
     return (
         input.new_empty(input.shape) if output_mask[0] else None,
         probs.new_empty(probs.shape) if output_mask[1] else None,
@@ -327,9 +329,7 @@ class SgROIAlign(nn.Module):
         """input (N, C, H, W), rois (K, 5), probs (K, Hp, Wp) -> (K, C, oh, ow)."""
         if isinstance(input, torch.Tensor) and input.is_quantized:
             input = input.dequantize()
-        return sg_roi_align(
-            input, rois, probs, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned
-        )
+        return sg_roi_align(input, rois, probs, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
 
     def extra_repr(self) -> str:
         return (

@@ -19,6 +19,7 @@ class-specific mask heads it is the map of the RoI's class: the class of its mat
 labels RoIs below its IoU threshold background, but every mask head is trained on the RoIs with IoU >= 0.5,
 on the channel of their matched ground truth's class.
 """
+
 from typing import Dict, List, Optional
 
 import torch
@@ -89,17 +90,24 @@ class CascadeDSGROIHeads(MPNMixin, CascadeROIHeads):
         dsg = cfg.MODEL.DSG
         check_dsg_switches(cfg)
         if not dsg.MRPN_ON:
-            raise ValueError("Cascade DSG needs MODEL.DSG.MRPN_ON=True (stage 0 is the mRPN); without it, "
-                             "use CascadeROIHeads (Cascade Mask R-CNN)")
+            raise ValueError(
+                "Cascade DSG needs MODEL.DSG.MRPN_ON=True (stage 0 is the mRPN); without it, "
+                "use CascadeROIHeads (Cascade Mask R-CNN)"
+            )
         if dsg.SG_ROI_ALIGN_MASK:
-            raise ValueError("Cascade DSG pools mask features with plain RoIAlign (Eq. 3); "
-                             "set MODEL.DSG.SG_ROI_ALIGN_MASK=False")
+            raise ValueError(
+                "Cascade DSG pools mask features with plain RoIAlign (Eq. 3); set MODEL.DSG.SG_ROI_ALIGN_MASK=False"
+            )
         if cfg.MODEL.ROI_MASK_HEAD.NAME not in ("MaskRCNNConvUpsampleHead", "FeatureMaskRCNNHead"):
-            raise ValueError(f"Cascade DSG's mask heads are FeatureMaskRCNNHead (they hand F_- to the next stage, "
-                             f"Eq. 3); MODEL.ROI_MASK_HEAD.NAME={cfg.MODEL.ROI_MASK_HEAD.NAME!r} would be ignored")
+            raise ValueError(
+                f"Cascade DSG's mask heads are FeatureMaskRCNNHead (they hand F_- to the next stage, "
+                f"Eq. 3); MODEL.ROI_MASK_HEAD.NAME={cfg.MODEL.ROI_MASK_HEAD.NAME!r} would be ignored"
+            )
         if dsg.MASK_MPN_SOURCE != "proposal":
-            raise ValueError("Cascade DSG's last mask head takes F_-^{T-1} of the RoI each detection was "
-                             "regressed from (Eq. 3); set MODEL.DSG.MASK_MPN_SOURCE=proposal")
+            raise ValueError(
+                "Cascade DSG's last mask head takes F_-^{T-1} of the RoI each detection was "
+                "regressed from (Eq. 3); set MODEL.DSG.MASK_MPN_SOURCE=proposal"
+            )
         ret = super().from_config(cfg, input_shape)
         ret.update(cls._init_mpn(cfg, input_shape))
         num_stages = len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS)
@@ -136,7 +144,8 @@ class CascadeDSGROIHeads(MPNMixin, CascadeROIHeads):
         """Mask head ``stage`` on RoIs ``boxes``: logits and its F_- (Eq. 3, second line)."""
         x = [features[f] for f in self.mask_in_features]
         fusion = self.mask_fusions[stage] if self.mask_fusions is not None else None
-        return head.layers_with_features(self.pool_guided(self.mask_pooler, x, boxes, None, False, fusion, prev_features))
+        feats = self.pool_guided(self.mask_pooler, x, boxes, None, False, fusion, prev_features)
+        return head.layers_with_features(feats)
 
     def _next_rois(self, boxes: List[torch.Tensor], image_sizes):
         """The regressed boxes as the next RoIs, and per image the indices of the ones kept (training drops
@@ -220,7 +229,11 @@ class CascadeDSGROIHeads(MPNMixin, CascadeROIHeads):
         predictor, predictions, props, last_feat, last_probs = head_outputs[-1]
         boxes = predictor.predict_boxes(predictions, props)
         pred_instances, kept = fast_rcnn_inference(
-            boxes, scores, image_sizes, predictor.test_score_thresh, predictor.test_nms_thresh,
+            boxes,
+            scores,
+            image_sizes,
+            predictor.test_score_thresh,
+            predictor.test_nms_thresh,
             predictor.test_topk_per_image,
         )
         sizes = [len(p) for p in props]
@@ -238,8 +251,10 @@ class CascadeDSGROIHeads(MPNMixin, CascadeROIHeads):
         else:  # boxes given from outside: no RoI they were regressed from; use the MPN on the boxes
             prev = self.run_mpn(features, [i.pred_boxes for i in instances])[1]
             if len(self.stage_mask_heads):
-                raise ValueError("CascadeDSGROIHeads.forward_with_given_boxes needs the instances of its own "
-                                 "box branch (they carry each detection's stage features)")
+                raise ValueError(
+                    "CascadeDSGROIHeads.forward_with_given_boxes needs the instances of its own "
+                    "box branch (they carry each detection's stage features)"
+                )
         stage = self.num_cascade_stages - 1
         logits, _ = self._run_mask_head(features, self.mask_head, stage, [i.pred_boxes for i in instances], prev)
         return self.mask_head.inference(logits, instances)

@@ -1,5 +1,6 @@
 """Mask heads that hand out their intermediate features F_- (DSG Sec. 3.2-3.3, Eq. 3), the MPN, and the
 fusion conv that adds F_- to another head's RoI features."""
+
 from typing import List
 
 import torch

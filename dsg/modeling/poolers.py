@@ -7,6 +7,7 @@
   With all-zero maps it returns what ``ROIPooler`` returns.
 * :class:`BinApproxShapeGuidedPooler`: the bin approximation of Eq. 2.
 """
+
 from typing import List
 
 import torch
@@ -105,8 +106,10 @@ class BinApproxShapeGuidedPooler(ROIPooler):
     def forward(self, x: List[torch.Tensor], box_lists: List[Boxes], probs: torch.Tensor) -> torch.Tensor:
         feats = super().forward(x, box_lists)
         if probs.shape[0] != feats.shape[0]:
-            raise ValueError(f"BinApproxShapeGuidedPooler: probs must have one map per box ({feats.shape[0]}), "
-                             f"got {tuple(probs.shape)}")
+            raise ValueError(
+                f"BinApproxShapeGuidedPooler: probs must have one map per box ({feats.shape[0]}), "
+                f"got {tuple(probs.shape)}"
+            )
         p = F.adaptive_avg_pool2d(probs[:, None].to(feats.dtype), feats.shape[-2:])
         return feats * (1.0 + p)
 

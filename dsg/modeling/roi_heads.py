@@ -5,6 +5,7 @@ The MPN runs on the RoIs that go to the box head (the sampled proposals in train
 time), so it lives here, after detectron2's proposal sampling, rather than in the proposal generator; the
 RPN itself is detectron2's. With every ``MODEL.DSG`` switch off these heads are ``StandardROIHeads``.
 """
+
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -47,18 +48,26 @@ def check_dsg_switches(cfg) -> None:
         raise ValueError(f"MODEL.DSG.FUSION_KERNEL_SIZE must be 1 or 3, got {dsg.FUSION_KERNEL_SIZE}")
     needs_mrpn = [k for k in ("FUSE_MASK", "SG_ROI_ALIGN_BOX", "FUSE_BOX", "SG_ROI_ALIGN_MASK") if dsg.get(k)]
     if needs_mrpn and not dsg.MRPN_ON:
-        raise ValueError(f"MODEL.DSG.{', '.join(needs_mrpn)} need(s) MODEL.DSG.MRPN_ON=True: their mask "
-                         "probabilities and features come from the mask-supervised RPN")
+        raise ValueError(
+            f"MODEL.DSG.{', '.join(needs_mrpn)} need(s) MODEL.DSG.MRPN_ON=True: their mask "
+            "probabilities and features come from the mask-supervised RPN"
+        )
     if dsg.MRPN_ON and not cfg.MODEL.MASK_ON:
-        raise ValueError("MODEL.DSG.MRPN_ON needs MODEL.MASK_ON=True: the MPN is trained on the ground-truth masks, "
-                         "which the data loader drops without MASK_ON (DSG without masks would use an untrained P); "
-                         "for a box-only model set every MODEL.DSG switch to False (Faster R-CNN)")
+        raise ValueError(
+            "MODEL.DSG.MRPN_ON needs MODEL.MASK_ON=True: the MPN is trained on the ground-truth masks, "
+            "which the data loader drops without MASK_ON (DSG without masks would use an untrained P); "
+            "for a box-only model set every MODEL.DSG switch to False (Faster R-CNN)"
+        )
     if dsg.MASK_MPN_SOURCE != "proposal" and not (dsg.FUSE_MASK or dsg.SG_ROI_ALIGN_MASK):
-        raise ValueError("MODEL.DSG.MASK_MPN_SOURCE=detection changes the F_- / P the mask head gets, but neither "
-                         "MODEL.DSG.FUSE_MASK nor SG_ROI_ALIGN_MASK is on: set one, or MASK_MPN_SOURCE=proposal")
+        raise ValueError(
+            "MODEL.DSG.MASK_MPN_SOURCE=detection changes the F_- / P the mask head gets, but neither "
+            "MODEL.DSG.FUSE_MASK nor SG_ROI_ALIGN_MASK is on: set one, or MASK_MPN_SOURCE=proposal"
+        )
     if dsg.DETACH_PROBS and not (dsg.SG_ROI_ALIGN_BOX or dsg.SG_ROI_ALIGN_MASK):
-        raise ValueError("MODEL.DSG.DETACH_PROBS stops the gradient through P, which only SgRoIAlign uses: set "
-                         "MODEL.DSG.SG_ROI_ALIGN_BOX (or SG_ROI_ALIGN_MASK), or DETACH_PROBS=False")
+        raise ValueError(
+            "MODEL.DSG.DETACH_PROBS stops the gradient through P, which only SgRoIAlign uses: set "
+            "MODEL.DSG.SG_ROI_ALIGN_BOX (or SG_ROI_ALIGN_MASK), or DETACH_PROBS=False"
+        )
 
 
 def check_mask_mpn_source(value: str) -> None:
@@ -93,11 +102,16 @@ def reframe_probs(probs: torch.Tensor, src_boxes: torch.Tensor, dst_boxes: torch
     sw = (src[:, 2] - src[:, 0]).clamp(min=1e-6) / w
     sh = (src[:, 3] - src[:, 1]).clamp(min=1e-6) / h
     # dst in the continuous coordinates of P's grid (pixel j spans [j, j + 1]; aligned=True samples at j + 0.5)
-    rois = torch.stack([
-        torch.arange(len(probs), device=probs.device, dtype=probs.dtype),
-        (dst[:, 0] - src[:, 0]) / sw, (dst[:, 1] - src[:, 1]) / sh,
-        (dst[:, 2] - src[:, 0]) / sw, (dst[:, 3] - src[:, 1]) / sh,
-    ], dim=1)
+    rois = torch.stack(
+        [
+            torch.arange(len(probs), device=probs.device, dtype=probs.dtype),
+            (dst[:, 0] - src[:, 0]) / sw,
+            (dst[:, 1] - src[:, 1]) / sh,
+            (dst[:, 2] - src[:, 0]) / sw,
+            (dst[:, 3] - src[:, 1]) / sh,
+        ],
+        dim=1,
+    )
     return roi_align(probs[:, None], rois, (h, w), spatial_scale=1.0, sampling_ratio=1, aligned=True)[:, 0]
 
 
@@ -141,8 +155,12 @@ class MPNMixin:
             pooler_type=dsg.MPN_POOLER_TYPE,
         )
         mpn = MaskProposalNetwork(cfg, ShapeSpec(channels=in_channels, height=res, width=res))
-        return {"mpn_pooler": pooler, "mpn": mpn, "mpn_iou_threshold": dsg.MPN_IOU_THRESHOLD,
-                "detach_probs": dsg.DETACH_PROBS}
+        return {
+            "mpn_pooler": pooler,
+            "mpn": mpn,
+            "mpn_iou_threshold": dsg.MPN_IOU_THRESHOLD,
+            "detach_probs": dsg.DETACH_PROBS,
+        }
 
     def _set_mpn(self, mpn_pooler, mpn, mpn_iou_threshold: float, sg_box: bool, detach_probs: bool) -> None:
         """The state every DSG ROI head keeps about the mRPN (one place for both constructors)."""

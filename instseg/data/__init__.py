@@ -4,6 +4,7 @@ registration in detectron2's catalogs.
 ``synthetic`` and ``cache`` need no detectron2; importing this package registers the synthetic names
 when detectron2 is installed.
 """
+
 import importlib.util
 
 from .synthetic import STUFF_CLASSES, THING_CLASSES, SyntheticScene, SyntheticSpec, render_scene  # noqa: F401

@@ -11,6 +11,7 @@ Layout of one split (``<root>/synthetic/<split>_<key>/``)::
 A split is written to a temporary folder and renamed into place, so concurrent processes (e.g. the
 workers of ``--num-gpus 2``) never see a half-written split.
 """
+
 import dataclasses
 import functools
 import json

@@ -13,6 +13,7 @@ the right Cityscapes category ids; the three stuff classes are Cityscapes' own `
 ``ground``. The instanceIds PNG is exact (holes, occlusion); the polygon json approximates each visible
 connected component by its outer contour, as Cityscapes' polygons do.
 """
+
 import json
 import os
 from typing import Dict, Optional

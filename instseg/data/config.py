@@ -1,5 +1,6 @@
 """Config keys of ``instseg.data``: the embedded synthetic dataset (``DATASETS.SYNTHETIC``) and the dataset
 mapper of the train/test loaders (``INPUT.DATASET_MAPPER_NAME``, see ``instseg.data.mappers``)."""
+
 from detectron2.config import CfgNode as CN
 
 from .datasets import DEFAULT_SPECS

@@ -9,6 +9,7 @@ Names (sizes and seed from :class:`SyntheticSpec`, overridable by ``DATASETS.SYN
 Real datasets need no code here: detectron2 registers COCO (``coco_2017_train``, ...) and Cityscapes
 (``cityscapes_fine_instance_seg_train``, ...) itself, under ``$DETECTRON2_DATASETS``.
 """
+
 import json
 import os
 from typing import Dict, Optional

@@ -4,6 +4,7 @@ detectron2's ``DatasetMapper`` is registered as ``"DatasetMapper"``, the default
 per image after augmentation, in the data-loader workers (as detectron2 does for keypoints), registers a
 ``DatasetMapper`` subclass here when its package is imported, and its configs name it. This module knows no method.
 """
+
 from detectron2.data import DatasetMapper
 from detectron2.utils.registry import Registry
 

@@ -13,6 +13,7 @@ reproducible bit for bit and can be cached on disk. A scene has
 
 Colours are drawn independently of the class, so the class is carried by geometry only.
 """
+
 import dataclasses
 import hashlib
 import json
@@ -171,8 +172,16 @@ def _shape_mask(rng: np.random.Generator, cls: int, cx: float, cy: float, r: flo
             h,
             w,
             lambda c: cv2.ellipse(
-                c, (int(cx * _S), int(cy * _S)), (int(ax[0] * _S), int(ax[1] * _S)), np.degrees(theta),
-                0, 360, 1, -1, cv2.LINE_8, SHIFT,
+                c,
+                (int(cx * _S), int(cy * _S)),
+                (int(ax[0] * _S), int(ax[1] * _S)),
+                np.degrees(theta),
+                0,
+                360,
+                1,
+                -1,
+                cv2.LINE_8,
+                SHIFT,
             ),
         )
     if cls == 1:  # star: concave polygon
@@ -193,16 +202,32 @@ def _shape_mask(rng: np.random.Generator, cls: int, cx: float, cy: float, r: flo
             h,
             w,
             lambda c: cv2.ellipse(
-                c, (int(cx * _S), int(cy * _S)), (int(r * _S), int(r * ratio * _S)), np.degrees(theta),
-                0, 360, 1, -1, cv2.LINE_8, SHIFT,
+                c,
+                (int(cx * _S), int(cy * _S)),
+                (int(r * _S), int(r * ratio * _S)),
+                np.degrees(theta),
+                0,
+                360,
+                1,
+                -1,
+                cv2.LINE_8,
+                SHIFT,
             ),
         )
         inner = _draw(
             h,
             w,
             lambda c: cv2.ellipse(
-                c, (int(cx * _S), int(cy * _S)), (int(r * hole * _S), int(r * ratio * hole * _S)),
-                np.degrees(theta), 0, 360, 1, -1, cv2.LINE_8, SHIFT,
+                c,
+                (int(cx * _S), int(cy * _S)),
+                (int(r * hole * _S), int(r * ratio * hole * _S)),
+                np.degrees(theta),
+                0,
+                360,
+                1,
+                -1,
+                cv2.LINE_8,
+                SHIFT,
             ),
         )
         return outer & ~inner

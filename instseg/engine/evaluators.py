@@ -1,4 +1,5 @@
 """Evaluator selection by the dataset's ``evaluator_type`` (detectron2's evaluators only)."""
+
 import os
 
 from detectron2.data import MetadataCatalog
@@ -18,8 +19,14 @@ from .errors import UserError
 
 ensure_cityscapesscripts_alias()  # CityscapesInstanceEvaluator imports cityscapesscripts by an internal path
 
-SUPPORTED = ("coco", "coco_panoptic_seg", "sem_seg", "cityscapes_instance", "cityscapes_sem_seg",
-             "cityscapes_panoptic_seg")
+SUPPORTED = (
+    "coco",
+    "coco_panoptic_seg",
+    "sem_seg",
+    "cityscapes_instance",
+    "cityscapes_sem_seg",
+    "cityscapes_panoptic_seg",
+)
 
 
 def coco_tasks(cfg, dataset_name):
@@ -38,8 +45,11 @@ def coco_tasks(cfg, dataset_name):
 def method_evaluators(cfg, dataset_name, output_folder):
     """Evaluators the method packages add for what only they predict (``METHOD_EVALUATOR_REGISTRY``)."""
     load_methods()
-    return [e for _, fn in sorted(METHOD_EVALUATOR_REGISTRY, key=lambda item: item[0])
-            for e in fn(cfg, dataset_name, output_folder)]
+    return [
+        e
+        for _, fn in sorted(METHOD_EVALUATOR_REGISTRY, key=lambda item: item[0])
+        for e in fn(cfg, dataset_name, output_folder)
+    ]
 
 
 def build_evaluator(cfg, dataset_name, output_folder=None):

@@ -1,4 +1,5 @@
 """Config setup for train_net.py and the tools, with one clear message for each user mistake."""
+
 import difflib
 import logging
 import os

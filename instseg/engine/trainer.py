@@ -1,5 +1,6 @@
 """The Trainer every method trains with: detectron2's DefaultTrainer plus evaluator selection, the dataset mapper
 named by ``INPUT.DATASET_MAPPER_NAME`` and multi-process training on CPU-only machines."""
+
 import contextlib
 import logging
 

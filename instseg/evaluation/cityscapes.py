@@ -4,6 +4,7 @@ cityscapesscripts' instance evaluation always writes ``matches.json`` into the w
 subclass runs the evaluation inside the evaluator's own temporary folder (with the ground-truth folder made
 absolute first), so nothing lands in the user's checkout and concurrent evaluations do not collide.
 """
+
 import contextlib
 import os
 

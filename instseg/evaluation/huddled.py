@@ -10,6 +10,7 @@ ground-truth instances in the subset (classes with few instances would make the 
 Works on COCO-format dicts (``images``, ``annotations`` with ``bbox`` in XYWH, ``categories``) and COCO
 result lists, so any two models' ``coco_instances_results.json`` can be compared.
 """
+
 import contextlib
 import copy
 import io
@@ -117,8 +118,9 @@ def instance_mean_ap(coco_gt, results: List[dict], iou_type: str, img_ids: Seque
     return 100.0 * total / weight
 
 
-def huddled_grid(coco_dict: dict, results: Dict[str, List[dict]], thresholds=THRESHOLDS,
-                 iou_types=("bbox", "segm"), include_all=True) -> List[dict]:
+def huddled_grid(
+    coco_dict: dict, results: Dict[str, List[dict]], thresholds=THRESHOLDS, iou_types=("bbox", "segm"), include_all=True
+) -> List[dict]:
     """For every (T_O, T_P) (plus T_O = -1, T_P = 0: the whole set, images without instances included, whose
     detections are false positives), the number of selected images and instances and, per model in ``results``
     (name -> COCO results), the mean-over-instances AP per IoU type."""
@@ -129,8 +131,12 @@ def huddled_grid(coco_dict: dict, results: Dict[str, List[dict]], thresholds=THR
     rows = []
     for t_o, t_p in cells:
         ids = _select(overlaps, t_o, t_p)
-        row = {"t_o": t_o, "t_p": t_p, "images": len(ids),
-               "instances": len(gt.getAnnIds(imgIds=ids, iscrowd=False)) if ids else 0}
+        row = {
+            "t_o": t_o,
+            "t_p": t_p,
+            "images": len(ids),
+            "instances": len(gt.getAnnIds(imgIds=ids, iscrowd=False)) if ids else 0,
+        }
         for name, res in results.items():
             for iou_type in iou_types:
                 row[f"{name}/{iou_type}"] = instance_mean_ap(gt, res, iou_type, ids) if ids else float("nan")
@@ -140,6 +146,7 @@ def huddled_grid(coco_dict: dict, results: Dict[str, List[dict]], thresholds=THR
 
 def format_grid(rows: List[dict], model_a: str, model_b: str, thresholds=THRESHOLDS) -> str:
     """Table 4: rows T_O, columns T_P, cells "box / mask" AP improvement of ``model_b`` over ``model_a``."""
+
     def cell(r):
         if r is None or r["images"] == 0:
             return "-"
@@ -148,9 +155,11 @@ def format_grid(rows: List[dict], model_a: str, model_b: str, thresholds=THRESHO
         return f"{db:+.1f} / {dm:+.1f} ({r['images']})"
 
     by = {(r["t_o"], r["t_p"]): r for r in rows}
-    lines = [f"box / mask AP of {model_b} minus {model_a} (mean over instances; images in subset)",
-             "| T_O \\ T_P | " + " | ".join(f"{t:.1f}" for t in thresholds) + " |",
-             "|---" * (len(thresholds) + 1) + "|"]
+    lines = [
+        f"box / mask AP of {model_b} minus {model_a} (mean over instances; images in subset)",
+        "| T_O \\ T_P | " + " | ".join(f"{t:.1f}" for t in thresholds) + " |",
+        "|---" * (len(thresholds) + 1) + "|",
+    ]
     for t_o in ([-1.0] if (-1.0, 0.0) in by else []) + list(thresholds):
         cells = [cell(by.get((t_o, t_p))) if (t_o >= 0 or t_p == 0.0) else "-" for t_p in thresholds]
         lines.append(f"| {t_o:.1f} | " + " | ".join(cells) + " |")

@@ -7,6 +7,7 @@ NCHW copy of its (R, D_out, 2S, 2S) output cost about as much as two of the head
 batches of an MPN (DSG runs one on all 1000 test proposals). This computes the same function, with the
 same parameters, in pixel-major layout, and only reshapes the small (R, C, 2S, 2S) logits at the end.
 """
+
 import torch
 from torch import nn
 from torch.nn import functional as F

@@ -5,6 +5,7 @@ synthetic configs train from scratch on two cores, where the backbone is most of
 ResNet-18 (``MODEL.RESNETS.RES2_OUT_CHANNELS: 32``) costs a quarter of the multiply-adds. The stages are
 detectron2's own ``BasicStem``, ``BasicBlock`` and ``ResNet``; res(k+1) has twice the channels of res(k).
 """
+
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool

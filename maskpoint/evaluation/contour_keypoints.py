@@ -1,5 +1,6 @@
 """Contour-keypoint AP (Table VII's AP_keypoint): COCO keypoint evaluation of the predicted contour points
 against contour points sampled, the same way as the training targets, from the ground-truth masks."""
+
 import copy
 
 import numpy as np
@@ -14,8 +15,18 @@ class ContourKeypointEvaluator(COCOEvaluator):
     come from ``MODEL.MASK_POINT.OKS_SIGMAS`` (one per keypoint, or one for all). Results are reported
     under "keypoints"."""
 
-    def __init__(self, dataset_name, *, num_points, sampling="uniform", with_center=True, center="mass",
-                 oks_sigmas=(0.025,), output_dir=None, **kwargs):
+    def __init__(
+        self,
+        dataset_name,
+        *,
+        num_points,
+        sampling="uniform",
+        with_center=True,
+        center="mass",
+        oks_sigmas=(0.025,),
+        output_dir=None,
+        **kwargs,
+    ):
         k = num_points + int(with_center)
         sigmas = list(oks_sigmas)
         if len(sigmas) == 1:
@@ -29,8 +40,15 @@ class ContourKeypointEvaluator(COCOEvaluator):
     @classmethod
     def from_config(cls, cfg, dataset_name, output_dir=None):
         mp = cfg.MODEL.MASK_POINT
-        return cls(dataset_name, num_points=mp.NUM_POINTS, sampling=mp.SAMPLING, with_center=mp.WITH_CENTER,
-                   center=mp.CENTER, oks_sigmas=mp.OKS_SIGMAS, output_dir=output_dir)
+        return cls(
+            dataset_name,
+            num_points=mp.NUM_POINTS,
+            sampling=mp.SAMPLING,
+            with_center=mp.WITH_CENTER,
+            center=mp.CENTER,
+            oks_sigmas=mp.OKS_SIGMAS,
+            output_dir=output_dir,
+        )
 
     def _with_contour_keypoints(self, coco_api, k):
         from pycocotools.coco import COCO
@@ -38,7 +56,8 @@ class ContourKeypointEvaluator(COCOEvaluator):
         dataset = copy.deepcopy(coco_api.dataset)
         for cat in dataset["categories"]:
             cat["keypoints"] = [f"contour_{i}" for i in range(self._sample["num_points"])] + (
-                ["center"] if self._sample["with_center"] else [])
+                ["center"] if self._sample["with_center"] else []
+            )
             cat["skeleton"] = []
         for ann in dataset["annotations"]:
             kps = np.zeros((k, 3), dtype=np.float64)

@@ -10,6 +10,7 @@ Order, so that keypoint i means the same thing across instances: each component'
 its top-most (then left-most) pixel and runs clockwise as seen on screen (y pointing down); components are
 ordered by that start pixel (top first, then left); the centre point comes last. Holes do not contribute.
 """
+
 import heapq
 from typing import List, Union
 

@@ -8,6 +8,7 @@ f_m (R, C, M, M), broadcast to every class channel:
 
 Needs only torch (no detectron2), so it is usable and tested on its own.
 """
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -41,8 +42,14 @@ class ContourFusion(nn.Module):
     computed that way (same values and gradients as Eq. 1, 1/(k+1) of the work).
     """
 
-    def __init__(self, num_keypoints: int, num_mask_channels: int, structure: str = "b",
-                 reduction: str = "conv", fusion: str = "mul"):
+    def __init__(
+        self,
+        num_keypoints: int,
+        num_mask_channels: int,
+        structure: str = "b",
+        reduction: str = "conv",
+        fusion: str = "mul",
+    ):
         super().__init__()
         if structure not in STRUCTURES:
             raise ValueError(f"MODEL.MASK_POINT.FUSION_STRUCTURE must be one of {STRUCTURES}, got {structure!r}")
@@ -51,8 +58,9 @@ class ContourFusion(nn.Module):
         if fusion not in FUSIONS:
             raise ValueError(f"MODEL.MASK_POINT.FUSION must be one of {FUSIONS}, got {fusion!r}")
         if num_keypoints < 1 or num_mask_channels < 1:
-            raise ValueError(f"ContourFusion needs >= 1 keypoint and mask channel, got {num_keypoints}, "
-                             f"{num_mask_channels}")
+            raise ValueError(
+                f"ContourFusion needs >= 1 keypoint and mask channel, got {num_keypoints}, {num_mask_channels}"
+            )
         self.num_keypoints = num_keypoints
         self.structure = structure
         self.reduction = reduction
@@ -99,8 +107,10 @@ class ContourFusion(nn.Module):
         """Args: mask_logits (R, C, M, M), kp_logits (R, k+1, S, S). Returns fused mask logits
         (R, C, M, M), or (R, C, 2M, 2M) for structure ``c``."""
         if mask_logits.dim() != 4 or kp_logits.dim() != 4 or mask_logits.shape[0] != kp_logits.shape[0]:
-            raise ValueError(f"ContourFusion: expected (R, C, M, M) mask logits and (R, k+1, S, S) keypoint "
-                             f"logits with the same R, got {tuple(mask_logits.shape)}, {tuple(kp_logits.shape)}")
+            raise ValueError(
+                f"ContourFusion: expected (R, C, M, M) mask logits and (R, k+1, S, S) keypoint "
+                f"logits with the same R, got {tuple(mask_logits.shape)}, {tuple(kp_logits.shape)}"
+            )
         if kp_logits.shape[1] != self.num_keypoints:
             raise ValueError(f"ContourFusion: expected {self.num_keypoints} keypoint maps, got {kp_logits.shape[1]}")
         if self.fusion == "none":
@@ -109,9 +119,11 @@ class ContourFusion(nn.Module):
             mask_logits = self.mask_upsample(mask_logits)
         o_k = self.reduce(kp_logits)
         if o_k.shape[-2:] != mask_logits.shape[-2:]:
-            raise ValueError(f"ContourFusion (structure {self.structure}): the reduced keypoint map is "
-                             f"{tuple(o_k.shape[-2:])} but the mask logits are {tuple(mask_logits.shape[-2:])}; "
-                             "structures a/b/c need keypoint heatmaps twice the mask side, d the same side")
+            raise ValueError(
+                f"ContourFusion (structure {self.structure}): the reduced keypoint map is "
+                f"{tuple(o_k.shape[-2:])} but the mask logits are {tuple(mask_logits.shape[-2:])}; "
+                "structures a/b/c need keypoint heatmaps twice the mask side, d the same side"
+            )
         if self.fusion == "mul":
             return o_k * mask_logits
         if self.fusion == "add":

@@ -1,5 +1,6 @@
 """Mask Point R-CNN's detectron2 components (importing this registers ``MaskPointROIHeads``, ``ContourPointHead`` and
 ``ContourPointDatasetMapper``)."""
+
 from .dataset_mapper import ContourPointDatasetMapper
 from .keypoint_head import ContourPointHead
 from .roi_heads import MaskPointROIHeads, contour_polygon_masks

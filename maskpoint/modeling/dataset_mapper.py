@@ -1,4 +1,5 @@
 """``ContourPointDatasetMapper``: detectron2's ``DatasetMapper`` plus the contour-point targets of every instance."""
+
 import torch
 from detectron2.config import configurable
 from detectron2.data import DatasetMapper
@@ -20,8 +21,16 @@ class ContourPointDatasetMapper(DatasetMapper):
     ``DatasetMapper``'s."""
 
     @configurable
-    def __init__(self, is_train: bool, *, num_points: int, sampling: str = "uniform", with_center: bool = True,
-                 center: str = "mass", **kwargs):
+    def __init__(
+        self,
+        is_train: bool,
+        *,
+        num_points: int,
+        sampling: str = "uniform",
+        with_center: bool = True,
+        center: str = "mass",
+        **kwargs,
+    ):
         """
         Args:
             is_train, kwargs: as for detectron2's ``DatasetMapper`` (``use_instance_mask`` must be True).
@@ -30,8 +39,10 @@ class ContourPointDatasetMapper(DatasetMapper):
         """
         super().__init__(is_train, **kwargs)
         if is_train and not self.use_instance_mask:
-            raise ValueError("ContourPointDatasetMapper samples the contour points from the instance masks: it needs "
-                             "MODEL.MASK_ON True (use_instance_mask)")
+            raise ValueError(
+                "ContourPointDatasetMapper samples the contour points from the instance masks: it needs "
+                "MODEL.MASK_ON True (use_instance_mask)"
+            )
         self.num_points = int(num_points)
         self.sampling = sampling
         self.with_center = with_center
@@ -42,9 +53,11 @@ class ContourPointDatasetMapper(DatasetMapper):
         # DatasetMapper reads MODEL.KEYPOINT_ON as "the dataset has keypoint annotations" (it then needs their flip
         # map in the metadata); the contour points come from the masks instead, so build it as for keypoints off.
         if cfg.MODEL.ROI_HEADS.NAME != "MaskPointROIHeads":
-            raise ValueError(f"INPUT.DATASET_MAPPER_NAME {cfg.INPUT.DATASET_MAPPER_NAME} gives Mask Point R-CNN's "
-                             f"contour-point targets, but MODEL.ROI_HEADS.NAME is {cfg.MODEL.ROI_HEADS.NAME!r}: use "
-                             "MaskPointROIHeads, or INPUT.DATASET_MAPPER_NAME DatasetMapper")
+            raise ValueError(
+                f"INPUT.DATASET_MAPPER_NAME {cfg.INPUT.DATASET_MAPPER_NAME} gives Mask Point R-CNN's "
+                f"contour-point targets, but MODEL.ROI_HEADS.NAME is {cfg.MODEL.ROI_HEADS.NAME!r}: use "
+                "MaskPointROIHeads, or INPUT.DATASET_MAPPER_NAME DatasetMapper"
+            )
         d2_cfg = cfg.clone()
         d2_cfg.defrost()
         d2_cfg.MODEL.KEYPOINT_ON = False

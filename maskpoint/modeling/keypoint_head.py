@@ -1,4 +1,5 @@
 """The contour-point keypoint head: detectron2's keypoint head predicting k+1 heatmaps."""
+
 from detectron2.config import configurable
 from detectron2.layers import interpolate
 from detectron2.modeling.roi_heads import ROI_KEYPOINT_HEAD_REGISTRY, KRCNNConvDeconvUpsampleHead

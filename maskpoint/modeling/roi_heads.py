@@ -1,6 +1,7 @@
 """Mask Point R-CNN's ROI heads (Sec. III-D, Fig. 1): Mask R-CNN's heads plus a contour-point keypoint
 branch on the same positive RoIs, whose heatmaps are fused into the mask logits (Eq. 1-2); the loss is
 L = Lcls + Lbox + Lmask + alpha * Lkeypoint (Eq. 3)."""
+
 from typing import Dict, List, Optional
 
 import cv2
@@ -53,8 +54,16 @@ class MaskPointROIHeads(StandardROIHeads):
     keypoint-only row) the keypoint branch is detectron2's alone and the masks are the filled contour polygons."""
 
     @configurable
-    def __init__(self, *, fusion: Optional[ContourFusion], num_points: int, with_center: bool = True,
-                 mask_from_contour: bool = False, contour_mask_side: int = 56, **kwargs):
+    def __init__(
+        self,
+        *,
+        fusion: Optional[ContourFusion],
+        num_points: int,
+        with_center: bool = True,
+        mask_from_contour: bool = False,
+        contour_mask_side: int = 56,
+        **kwargs,
+    ):
         """
         Args:
             fusion: reduces the keypoint logits and fuses them into the mask logits (Eq. 1-2); None without a
@@ -68,14 +77,20 @@ class MaskPointROIHeads(StandardROIHeads):
         """
         super().__init__(**kwargs)
         if not self.keypoint_on or self.keypoint_pooler is None:
-            raise ValueError("MaskPointROIHeads needs its keypoint branch with an RoI pooler: MODEL.KEYPOINT_ON True "
-                             "and ROI_KEYPOINT_HEAD.POOLER_TYPE (e.g. ROIAlignV2)")
+            raise ValueError(
+                "MaskPointROIHeads needs its keypoint branch with an RoI pooler: MODEL.KEYPOINT_ON True "
+                "and ROI_KEYPOINT_HEAD.POOLER_TYPE (e.g. ROIAlignV2)"
+            )
         if self.mask_on and (self.mask_pooler is None or fusion is None):
-            raise ValueError("MaskPointROIHeads fuses the contour points into the mask head: it needs "
-                             "ROI_MASK_HEAD.POOLER_TYPE (e.g. ROIAlignV2) and a ContourFusion")
+            raise ValueError(
+                "MaskPointROIHeads fuses the contour points into the mask head: it needs "
+                "ROI_MASK_HEAD.POOLER_TYPE (e.g. ROIAlignV2) and a ContourFusion"
+            )
         if not self.mask_on and not mask_from_contour:
-            raise ValueError("MaskPointROIHeads without a mask head predicts its masks from the contour points: "
-                             "set MODEL.MASK_POINT.MASK_FROM_CONTOUR True")
+            raise ValueError(
+                "MaskPointROIHeads without a mask head predicts its masks from the contour points: "
+                "set MODEL.MASK_POINT.MASK_FROM_CONTOUR True"
+            )
         self.fusion = fusion
         self.num_points = num_points
         self.with_center = with_center
@@ -93,9 +108,13 @@ class MaskPointROIHeads(StandardROIHeads):
             keypoints = cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS  # k + 1 (checked above)
             fusion = ContourFusion(keypoints, mask_channels, mp.FUSION_STRUCTURE, mp.REDUCTION, mp.FUSION)
         # twice the side of the mask head's output (56 for its 28x28 logits), as the keypoint heatmaps
-        ret.update(fusion=fusion, num_points=mp.NUM_POINTS, with_center=mp.WITH_CENTER,
-                   mask_from_contour=mp.MASK_FROM_CONTOUR,
-                   contour_mask_side=4 * cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION)
+        ret.update(
+            fusion=fusion,
+            num_points=mp.NUM_POINTS,
+            with_center=mp.WITH_CENTER,
+            mask_from_contour=mp.MASK_FROM_CONTOUR,
+            contour_mask_side=4 * cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION,
+        )
         return ret
 
     @classmethod
@@ -120,8 +139,10 @@ class MaskPointROIHeads(StandardROIHeads):
                     "maskpoint.modeling.contour_keypoints(instances.gt_masks, image_size, NUM_POINTS, ...)"
                 )
             if t.gt_keypoints.tensor.shape[1] != k:
-                raise ValueError(f"Mask Point R-CNN predicts {k} keypoints (NUM_POINTS + WITH_CENTER), but the "
-                                 f"targets' gt_keypoints have {t.gt_keypoints.tensor.shape[1]}")
+                raise ValueError(
+                    f"Mask Point R-CNN predicts {k} keypoints (NUM_POINTS + WITH_CENTER), but the "
+                    f"targets' gt_keypoints have {t.gt_keypoints.tensor.shape[1]}"
+                )
         return super().label_and_sample_proposals(proposals, targets)
 
     def _pool(self, features: Dict[str, torch.Tensor], in_features, pooler, instances: List[Instances]):

@@ -1,9 +1,10 @@
 """Contour-keypoint targets from the ground-truth masks of an (augmented) image.
 
 Targets are made after data augmentation, from the masks the model is trained on, so flips, resizes and crops need
-no keypoint flip map: ``maskpoint.modeling.ContourPointDatasetMapper`` calls :func:`contour_keypoints` in the data-loader
-workers; code that feeds the model its own batches calls it too (``instances.gt_keypoints``).
+no keypoint flip map: ``maskpoint.modeling.ContourPointDatasetMapper`` calls :func:`contour_keypoints` in the
+data-loader workers; code that feeds the model its own batches calls it too (``instances.gt_keypoints``).
 """
+
 from typing import Optional
 
 import numpy as np
@@ -51,8 +52,9 @@ def contour_keypoints(
     for i, (crop, x0, y0) in enumerate(_mask_crops(gt_masks, image_size)):
         if crop is None:
             continue
-        pts = sample_contour_points(crop, num_points, sampling=sampling, with_center=with_center,
-                                    center=center, rng=rng)
+        pts = sample_contour_points(
+            crop, num_points, sampling=sampling, with_center=with_center, center=center, rng=rng
+        )
         out[i, :, 0] = pts[:, 0] + x0
         out[i, :, 1] = pts[:, 1] + y0
         out[i, :, 2] = 2

@@ -6,6 +6,7 @@ from the definition, and torchvision's box_iou; plus hand-built cases for each r
 op is tested for (opcheck, parity with the reference, empty inputs, meta tensors, torch.compile, registration,
 fallback) comes from the shared harness (tests/ops/harness.py) through TestIouVoteOp.
 """
+
 import math
 
 import numpy as np
@@ -500,13 +501,17 @@ def test_casnet_iii_c_cuda_matches_cpu(dtype, grid):
     cuda = dict(device="cuda")
     long = dict(dtype=torch.int64, device="cuda")
     ids, support = iou_vote(
-        torch.zeros(0, 3, **long), torch.zeros(4, 0, 3, dtype=dtype, **cuda),
-        torch.zeros(2, 4, dtype=dtype, **cuda), torch.zeros(2, **long),
+        torch.zeros(0, 3, **long),
+        torch.zeros(4, 0, 3, dtype=dtype, **cuda),
+        torch.zeros(2, 4, dtype=dtype, **cuda),
+        torch.zeros(2, **long),
     )
     assert ids.shape == (0, 3) and support.tolist() == [0, 0]
     ids, support = iou_vote(
-        torch.zeros(3, 3, **long), torch.ones(4, 3, 3, dtype=dtype, **cuda),
-        torch.zeros(0, 4, dtype=dtype, **cuda), torch.zeros(0, **long),
+        torch.zeros(3, 3, **long),
+        torch.ones(4, 3, 3, dtype=dtype, **cuda),
+        torch.zeros(0, 4, dtype=dtype, **cuda),
+        torch.zeros(0, **long),
     )
     assert (ids == -1).all() and support.shape == (0,)
 

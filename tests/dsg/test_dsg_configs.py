@@ -1,4 +1,5 @@
 """The shipped DSG configs against the paper's recipe (Sec. 4.1), and the COCO cascade config trains a step."""
+
 import math
 import os
 
@@ -59,10 +60,13 @@ def test_dsg_configs_follow_sec41(name):
     assert (cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST) == (0.001, 0.5)
 
 
-@pytest.mark.parametrize("method,baseline", [
-    ("DSG/dsg_R_50_FPN_1x.yaml", "DSG/mask_rcnn_R_50_FPN_1x.yaml"),
-    ("DSG/cascade_dsg_R_50_FPN_20e.yaml", "Baselines/cascade_mask_rcnn_R_50_FPN_20e.yaml"),
-])
+@pytest.mark.parametrize(
+    "method,baseline",
+    [
+        ("DSG/dsg_R_50_FPN_1x.yaml", "DSG/mask_rcnn_R_50_FPN_1x.yaml"),
+        ("DSG/cascade_dsg_R_50_FPN_20e.yaml", "Baselines/cascade_mask_rcnn_R_50_FPN_20e.yaml"),
+    ],
+)
 def test_dsg_and_its_baseline_share_the_recipe(method, baseline):
     a, b = load(method), load(baseline)
     for node in ("SOLVER", "INPUT", "DATASETS", "DATALOADER", "TEST"):

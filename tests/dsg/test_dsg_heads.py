@@ -1,5 +1,6 @@
 """DSG in detectron2 (Sec. 3-4): MPN targets, every Table 1 row trains a step, gradients through
 SgRoIAlign into the MPN, Cascade DSG (Eq. 3), proposal indices through inference, DefaultPredictor."""
+
 import os
 
 import pytest
@@ -14,15 +15,15 @@ from detectron2.modeling.poolers import ROIPooler  # noqa: E402
 from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
+from dsg.config import TABLE1_ROWS, TABLE1_SWITCHES, table1_opts  # noqa: E402
 from dsg.modeling import (  # noqa: E402
     BinApproxShapeGuidedPooler,
     CascadeDSGROIHeads,
     DSGROIHeads,
+    ShapeGuidedROIPooler,  # noqa: E402
     mpn_training_rois,
     proposal_indices,
 )
-from dsg.config import TABLE1_ROWS, TABLE1_SWITCHES, table1_opts  # noqa: E402
-from dsg.modeling import ShapeGuidedROIPooler  # noqa: E402
 from dsg.modeling.roi_heads import MATCHED_CLASSES, reframe_probs  # noqa: E402
 from instseg.config import get_cfg  # noqa: E402
 
@@ -60,8 +61,13 @@ def _built_components(model):
     if not isinstance(rh, DSGROIHeads) or rh.mpn is None:
         return (False,) * 5
     guided = (ShapeGuidedROIPooler, BinApproxShapeGuidedPooler)
-    return (True, rh.mask_fusion is not None, isinstance(rh.box_pooler, guided) and rh.sg_box,
-            rh.box_fusion is not None, isinstance(rh.mask_pooler, guided) and rh.sg_mask)
+    return (
+        True,
+        rh.mask_fusion is not None,
+        isinstance(rh.box_pooler, guided) and rh.sg_box,
+        rh.box_fusion is not None,
+        isinstance(rh.mask_pooler, guided) and rh.sg_mask,
+    )
 
 
 def test_table1_rows_add_one_component_each():
@@ -159,7 +165,7 @@ def test_dsg_row0_is_mask_rcnn(cls_agnostic):
     assert type(ref.roi_heads).__name__ == "StandardROIHeads" and isinstance(model.roi_heads, DSGROIHeads)
     torch.manual_seed(3)
     with torch.no_grad():  # biases and BN statistics off their initial 0 / 1, so that no term vanishes
-        for n, t in list(ref.named_parameters()) + list(ref.named_buffers()):
+        for t in list(ref.parameters()) + list(ref.buffers()):
             if t.dim() == 1 and t.is_floating_point():
                 t.add_(torch.rand_like(t) * 0.05)
     model.load_state_dict(ref.state_dict(), strict=True)  # the same parameters, nothing more
@@ -194,30 +200,38 @@ def test_switches_need_mrpn():
         build_model(make_cfg("MODEL.DSG.SG_MODE", "approx"))
 
 
-@pytest.mark.parametrize("opts,match", [
-    # the MPN is trained on masks: without MASK_ON it never trains (the loader drops the masks) and SgRoIAlign
-    # runs on an untrained P; F_M / SgRA_M would be dropped
-    (["MODEL.MASK_ON", "False"], "MASK_ON"),
-    (["MODEL.MASK_ON", "False", *table1_opts(1)], "MASK_ON"),
-    (["MODEL.MASK_ON", "False", *CASCADE], "MASK_ON"),
-    # MASK_MPN_SOURCE changes what F_M / SgRA_M get: without them it does nothing
-    (["MODEL.DSG.MASK_MPN_SOURCE", "detection", *table1_opts(1)], "MASK_MPN_SOURCE"),
-    # DETACH_PROBS stops the gradient through P, which only SgRoIAlign uses
-    (["MODEL.DSG.DETACH_PROBS", "True", *table1_opts(2)], "DETACH_PROBS"),
-], ids=["no_masks", "no_masks_mrpn_only", "no_masks_cascade", "mpn_source_unused", "detach_unused"])
+@pytest.mark.parametrize(
+    "opts,match",
+    [
+        # the MPN is trained on masks: without MASK_ON it never trains (the loader drops the masks) and SgRoIAlign
+        # runs on an untrained P; F_M / SgRA_M would be dropped
+        (["MODEL.MASK_ON", "False"], "MASK_ON"),
+        (["MODEL.MASK_ON", "False", *table1_opts(1)], "MASK_ON"),
+        (["MODEL.MASK_ON", "False", *CASCADE], "MASK_ON"),
+        # MASK_MPN_SOURCE changes what F_M / SgRA_M get: without them it does nothing
+        (["MODEL.DSG.MASK_MPN_SOURCE", "detection", *table1_opts(1)], "MASK_MPN_SOURCE"),
+        # DETACH_PROBS stops the gradient through P, which only SgRoIAlign uses
+        (["MODEL.DSG.DETACH_PROBS", "True", *table1_opts(2)], "DETACH_PROBS"),
+    ],
+    ids=["no_masks", "no_masks_mrpn_only", "no_masks_cascade", "mpn_source_unused", "detach_unused"],
+)
 def test_switches_that_cannot_work_stop_at_build_time(opts, match):
     with pytest.raises(ValueError, match=match) as err:
         build_model(make_cfg(*opts))
     assert str(err.value).count("MODEL.") >= 2  # says which keys to change
 
 
-@pytest.mark.parametrize("opts,match", [
-    # values that only the module using them would check: refused even when that module is not built
-    (["MODEL.DSG.SG_MODE", "approx", *table1_opts(2)], "SG_MODE"),
-    (["MODEL.DSG.FUSION_KERNEL_SIZE", "2", *table1_opts(1)], "FUSION_KERNEL_SIZE"),
-    # Cascade DSG builds its own mask heads: another ROI_MASK_HEAD.NAME would be ignored
-    (["MODEL.ROI_MASK_HEAD.NAME", "MyMaskHead", *CASCADE], "ROI_MASK_HEAD.NAME"),
-], ids=["sg_mode", "kernel_size", "cascade_mask_head"])
+@pytest.mark.parametrize(
+    "opts,match",
+    [
+        # values that only the module using them would check: refused even when that module is not built
+        (["MODEL.DSG.SG_MODE", "approx", *table1_opts(2)], "SG_MODE"),
+        (["MODEL.DSG.FUSION_KERNEL_SIZE", "2", *table1_opts(1)], "FUSION_KERNEL_SIZE"),
+        # Cascade DSG builds its own mask heads: another ROI_MASK_HEAD.NAME would be ignored
+        (["MODEL.ROI_MASK_HEAD.NAME", "MyMaskHead", *CASCADE], "ROI_MASK_HEAD.NAME"),
+    ],
+    ids=["sg_mode", "kernel_size", "cascade_mask_head"],
+)
 def test_bad_values_stop_at_build_time_even_when_unused(opts, match):
     with pytest.raises(ValueError, match=match):
         build_model(make_cfg(*opts))
@@ -266,13 +280,17 @@ def _proposals_with_gt():
     m1 = torch.zeros(40, 40, dtype=torch.bool)
     m1[20:35, 20:38] = True
     p = Instances((40, 40))
-    p.proposal_boxes = Boxes(torch.tensor([
-        [5.0, 5.0, 15.0, 25.0],    # = gt 0 (IoU 1)
-        [5.0, 5.0, 15.0, 15.0],    # half of gt 0 (IoU 0.5)
-        [5.0, 5.0, 15.0, 12.0],    # IoU 0.35 with gt 0
-        [20.0, 20.0, 38.0, 35.0],  # = gt 1
-        [0.0, 0.0, 3.0, 3.0],      # background
-    ]))
+    p.proposal_boxes = Boxes(
+        torch.tensor(
+            [
+                [5.0, 5.0, 15.0, 25.0],  # = gt 0 (IoU 1)
+                [5.0, 5.0, 15.0, 15.0],  # half of gt 0 (IoU 0.5)
+                [5.0, 5.0, 15.0, 12.0],  # IoU 0.35 with gt 0
+                [20.0, 20.0, 38.0, 35.0],  # = gt 1
+                [0.0, 0.0, 3.0, 3.0],  # background
+            ]
+        )
+    )
     gt_boxes = Boxes(torch.tensor([[5.0, 5.0, 15.0, 25.0], [20.0, 20.0, 38.0, 35.0]]))
     idx = torch.tensor([0, 0, 0, 1, 0])
     p.gt_boxes = gt_boxes[idx]
@@ -541,12 +559,23 @@ def test_default_predictor_after_brief_training(tmp_path, datasets_dir):
     checkpoint."""
     import json
 
-    import train_net
     from detectron2.engine import DefaultPredictor
 
+    import train_net
+
     out = tmp_path / "out"
-    opts = ["DATASETS.SYNTHETIC.NUM_TRAIN", "2", "DATASETS.TEST", "('synthetic_instances_train',)",
-            "SOLVER.BASE_LR", "0.003", "SOLVER.MAX_ITER", "80", "OUTPUT_DIR", str(out)]
+    opts = [
+        "DATASETS.SYNTHETIC.NUM_TRAIN",
+        "2",
+        "DATASETS.TEST",
+        "('synthetic_instances_train',)",
+        "SOLVER.BASE_LR",
+        "0.003",
+        "SOLVER.MAX_ITER",
+        "80",
+        "OUTPUT_DIR",
+        str(out),
+    ]
     res = train_net.run(["--config-file", CONFIG, *TINY, *opts])
     assert res["bbox"]["AP"] >= 25 and res["segm"]["AP"] >= 12, res
     losses = [json.loads(line) for line in open(out / "metrics.json")]

@@ -7,6 +7,7 @@ TestSgRoIAlignOp; the tests below are specific to SgRoIAlign. Tests parametrised
 compiled op (skipped when instseg._C is not built) and on the reference, so each is checked against torchvision's
 RoIAlign independently.
 """
+
 import pytest
 import torch
 import torchvision
@@ -111,8 +112,9 @@ class TestSgRoIAlignOp(OpTester):
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
 @pytest.mark.parametrize("shape,num_rois,output_size,probs_size,scale", SHAPES)
-def test_dsg_eq2_compiled_matches_reference(dtype, aligned, sampling_ratio, shape, num_rois, output_size, probs_size,
-                                            scale):
+def test_dsg_eq2_compiled_matches_reference(
+    dtype, aligned, sampling_ratio, shape, num_rois, output_size, probs_size, scale
+):
     x, rois, probs = make_case(shape, num_rois, probs_size, scale, dtype, seed=sampling_ratio + 3 * aligned)
     xa, pa = x.clone().requires_grad_(), probs.clone().requires_grad_()
     xb, pb = x.clone().requires_grad_(), probs.clone().requires_grad_()
@@ -163,12 +165,14 @@ def test_dsg_eq2_mean_of_per_sample_products_hand_computed(impl):
     # DSG Eq. 2 with both f and P varying inside every bin: F(h, w) = sum_i f_i * (1 + p_i) / N, the mean of
     # the per-sample products, which differs from mean(f) * (1 + mean(p)) when f and p covary in a bin.
     # Features (image 1 of 2; image 0 and rows 0 and 5 of image 1 hold 100s, which no sample may touch):
-    F = [[100, 100, 100, 100, 100],
-         [1, 3, 5, 2, 0],
-         [4, 0, 2, 8, 6],
-         [2, 2, 6, 0, 4],
-         [0, 4, 1, 3, 7],
-         [100, 100, 100, 100, 100]]
+    F = [
+        [100, 100, 100, 100, 100],
+        [1, 3, 5, 2, 0],
+        [4, 0, 2, 8, 6],
+        [2, 2, 6, 0, 4],
+        [0, 4, 1, 3, 7],
+        [100, 100, 100, 100, 100],
+    ]
     x = torch.full((2, 1, 6, 5), 100.0, dtype=torch.float64)
     x[1, 0] = torch.tensor(F, dtype=torch.float64)
     # RoI (0.5, 1.0)-(4.5, 5.0) on image 1, aligned: on the map x1 = 0, y1 = 0.5, 4 x 4, so 2 x 2 bins of 2 x 2;
@@ -182,16 +186,25 @@ def test_dsg_eq2_mean_of_per_sample_products_hand_computed(impl):
     #   P row 0 (0.2, 0.6): 0.2, 0.3, 0.5, 0.6      P row 1 (1.0, 0.2): 1.0, 0.8, 0.4, 0.2
     #   P row 2 (0.0, 0.8): 0.0, 0.2, 0.6, 0.8      P row 3 (0.4, 0.0): 0.4, 0.3, 0.1, 0.0
     probs = torch.tensor([[[0.2, 0.6], [1.0, 0.2], [0.0, 0.8], [0.4, 0.0]]], dtype=torch.float64)
-    expected = torch.tensor([[
-        # bin (0, 0): samples (x, y) = (0.5, 1), (1.5, 1), (0.5, 2), (1.5, 2)
-        [(2 * 1.2 + 4 * 1.3 + 2 * 2.0 + 1 * 1.8) / 4,  # = 3.35  (mean(f) * (1 + mean(p)) = 3.54375)
-         # bin (0, 1): (2.5, 1), (3.5, 1), (2.5, 2), (3.5, 2)
-         (3.5 * 1.5 + 1 * 1.6 + 5 * 1.4 + 7 * 1.2) / 4],  # = 5.5625  (product of means: 5.878125)
-        # bin (1, 0): (0.5, 3), (1.5, 3), (0.5, 4), (1.5, 4)
-        [(2 * 1.0 + 4 * 1.2 + 2 * 1.4 + 2.5 * 1.3) / 4,  # = 3.2125  (product of means: 3.215625)
-         # bin (1, 1): (2.5, 3), (3.5, 3), (2.5, 4), (3.5, 4)
-         (3 * 1.6 + 2 * 1.8 + 2 * 1.1 + 5 * 1.0) / 4],  # = 3.9  (product of means: 4.125)
-    ]], dtype=torch.float64)
+    expected = torch.tensor(
+        [
+            [
+                # bin (0, 0): samples (x, y) = (0.5, 1), (1.5, 1), (0.5, 2), (1.5, 2)
+                [
+                    (2 * 1.2 + 4 * 1.3 + 2 * 2.0 + 1 * 1.8) / 4,  # = 3.35  (mean(f) * (1 + mean(p)) = 3.54375)
+                    # bin (0, 1): (2.5, 1), (3.5, 1), (2.5, 2), (3.5, 2)
+                    (3.5 * 1.5 + 1 * 1.6 + 5 * 1.4 + 7 * 1.2) / 4,
+                ],  # = 5.5625  (product of means: 5.878125)
+                # bin (1, 0): (0.5, 3), (1.5, 3), (0.5, 4), (1.5, 4)
+                [
+                    (2 * 1.0 + 4 * 1.2 + 2 * 1.4 + 2.5 * 1.3) / 4,  # = 3.2125  (product of means: 3.215625)
+                    # bin (1, 1): (2.5, 3), (3.5, 3), (2.5, 4), (3.5, 4)
+                    (3 * 1.6 + 2 * 1.8 + 2 * 1.1 + 5 * 1.0) / 4,
+                ],  # = 3.9  (product of means: 4.125)
+            ]
+        ],
+        dtype=torch.float64,
+    )
     out = impl(x, rois, probs, (2, 2), 1.0, 2, True)
     assert out.shape == (1, 1, 2, 2)
     torch.testing.assert_close(out[0], expected, rtol=0, atol=1e-12)
@@ -303,8 +316,9 @@ def test_dsg_eq2_zero_width_rois(impl, aligned, sampling_ratio):
     out = impl(x, rois, probs, (2, 2), 1.0, sampling_ratio, aligned)
     assert torch.isfinite(out).all()
     base = torchvision.ops.roi_align(x.detach(), rois, (2, 2), 1.0, sampling_ratio, aligned)
-    torch.testing.assert_close(impl(x.detach(), rois, torch.zeros_like(probs), (2, 2), 1.0, sampling_ratio, aligned),
-                               base)
+    torch.testing.assert_close(
+        impl(x.detach(), rois, torch.zeros_like(probs), (2, 2), 1.0, sampling_ratio, aligned), base
+    )
     if aligned and sampling_ratio == 0:  # RoIAlign's adaptive grid is empty for a zero extent: all zeros
         assert torch.count_nonzero(out) == 0
     else:

@@ -1,5 +1,6 @@
 """DESIGN.md's layers: instseg/ knows no method, method packages do not import each other, and the method packages
 are listed once (packaging) and found through the registry."""
+
 import ast
 import os
 import re
@@ -31,7 +32,9 @@ def _imported_top_packages(path):
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             out.add(node.module.split(".")[0])
         elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
-            "import_module", "find_spec", "__import__"
+            "import_module",
+            "find_spec",
+            "__import__",
         ):  # importlib.import_module("dsg"), find_spec("maskpoint"), ...
             for arg in node.args[:1]:
                 if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
@@ -67,8 +70,12 @@ def test_the_method_list_is_only_in_packaging():
     names); setup.py is the one place."""
     names = "|".join(METHODS)
     pattern = re.compile(rf"""["']({names})["']\s*,\s*["']({names})["']""")
-    offenders = [os.path.relpath(f, ROOT) for pkg in ["instseg", *METHODS] for f in _python_files(pkg)
-                 if pattern.search(open(f).read())]
+    offenders = [
+        os.path.relpath(f, ROOT)
+        for pkg in ["instseg", *METHODS]
+        for f in _python_files(pkg)
+        if pattern.search(open(f).read())
+    ]
     assert not offenders
 
 
@@ -89,7 +96,8 @@ def test_every_method_package_has_the_same_anatomy(method):
     """<method>/{__init__.py, config.py with add_<method>_config, layers/}; layers/ imports no detectron2 (CI without
     detectron2 tests it); the detectron2 import guard is in the package's __init__.py only."""
     root = os.path.join(ROOT, method)
-    assert os.path.isfile(os.path.join(root, "__init__.py")) and os.path.isfile(os.path.join(root, "layers", "__init__.py"))
+    for f in ("__init__.py", os.path.join("layers", "__init__.py"), "config.py"):
+        assert os.path.isfile(os.path.join(root, f)), f
     assert f"def add_{method}_config(" in open(os.path.join(root, "config.py")).read()
     for f in _python_files(method):
         rel = os.path.relpath(f, root)

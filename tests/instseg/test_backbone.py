@@ -1,4 +1,5 @@
 """instseg.modeling.build_basic_resnet_fpn_backbone: ResNet-18/34 of any width with FPN."""
+
 import os
 
 import pytest

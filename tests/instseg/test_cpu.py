@@ -1,4 +1,5 @@
 """instseg.cpu: the cores a process may use and `make train`'s number of processes."""
+
 import os
 import subprocess
 import sys

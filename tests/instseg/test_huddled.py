@@ -1,16 +1,17 @@
 """DSG Appendix 6.1 (Table 4): huddled-image selection by T_O / T_P and AP as the mean over instances."""
+
 import math
 
 import numpy as np
 import pytest
 
 from instseg.evaluation.huddled import (
+    _coco,
     format_grid,
     huddled_fraction,
     huddled_grid,
     instance_mean_ap,
     select_huddled_images,
-    _coco,
 )
 
 
@@ -20,15 +21,19 @@ def _dataset():
     # image 3: one lone instance -> huddled only for T_O < 0
     # image 4: no instance; image 5: a crowd region over an instance (crowds are not instances)
     anns = [
-        (1, [0, 0, 10, 10]), (1, [5, 0, 10, 10]), (1, [50, 50, 10, 10]),
-        (2, [0, 0, 20, 10]), (2, [15, 0, 20, 10]),
+        (1, [0, 0, 10, 10]),
+        (1, [5, 0, 10, 10]),
+        (1, [50, 50, 10, 10]),
+        (2, [0, 0, 20, 10]),
+        (2, [15, 0, 20, 10]),
         (3, [0, 0, 10, 10]),
         (5, [0, 0, 10, 10]),
     ]
-    annotations = [{"id": i + 1, "image_id": im, "bbox": b, "category_id": 1 + (i % 2), "iscrowd": 0,
-                    "area": b[2] * b[3]} for i, (im, b) in enumerate(anns)]
-    annotations.append({"id": 100, "image_id": 5, "bbox": [0, 0, 12, 12], "category_id": 1, "iscrowd": 1,
-                        "area": 144})
+    annotations = [
+        {"id": i + 1, "image_id": im, "bbox": b, "category_id": 1 + (i % 2), "iscrowd": 0, "area": b[2] * b[3]}
+        for i, (im, b) in enumerate(anns)
+    ]
+    annotations.append({"id": 100, "image_id": 5, "bbox": [0, 0, 12, 12], "category_id": 1, "iscrowd": 1, "area": 144})
     return {
         "images": [{"id": i, "width": 100, "height": 100} for i in range(1, 6)],
         "annotations": annotations,
@@ -46,14 +51,17 @@ def test_dsg_appendix_known_ious():
     assert huddled_fraction([[0, 0, 0, 0], [0, 0, 0, 0]], 0.0) == 0.0  # zero-area boxes overlap nothing
 
 
-@pytest.mark.parametrize("t_o,t_p,expected", [
-    (-1.0, 0.0, [1, 2, 3, 4, 5]),  # every instance huddled: the whole set, image 4 without instances included
-    (0.0, 0.0, [1, 2]),            # lone instances (3, 5: the crowd is not an instance) are not huddled
-    (0.1, 0.5, [1, 2]),            # 2/3 > 0.5 and 1 > 0.5
-    (0.1, 0.7, [2]),               # 2/3 is not > 0.7
-    (0.2, 0.0, [1]),               # 1/7 is not > 0.2
-    (0.4, 0.0, []),
-])
+@pytest.mark.parametrize(
+    "t_o,t_p,expected",
+    [
+        (-1.0, 0.0, [1, 2, 3, 4, 5]),  # every instance huddled: the whole set, image 4 without instances included
+        (0.0, 0.0, [1, 2]),  # lone instances (3, 5: the crowd is not an instance) are not huddled
+        (0.1, 0.5, [1, 2]),  # 2/3 > 0.5 and 1 > 0.5
+        (0.1, 0.7, [2]),  # 2/3 is not > 0.7
+        (0.2, 0.0, [1]),  # 1/7 is not > 0.2
+        (0.4, 0.0, []),
+    ],
+)
 def test_dsg_appendix_select_huddled_images(t_o, t_p, expected):
     assert select_huddled_images(_dataset(), t_o, t_p) == expected
 
@@ -63,24 +71,38 @@ def _segm_dataset():
 
     def rle(x0, y0, w, h):
         m = np.zeros((20, 20), np.uint8, order="F")
-        m[y0:y0 + h, x0:x0 + w] = 1
+        m[y0 : y0 + h, x0 : x0 + w] = 1
         r = mask_util.encode(np.asfortranarray(m))
         r["counts"] = r["counts"].decode()
         return r
 
     boxes = [(1, 1, [0, 0, 5, 5]), (1, 2, [10, 10, 5, 5]), (2, 1, [0, 10, 5, 5])]
-    anns = [{"id": i + 1, "image_id": im, "category_id": c, "bbox": b, "area": 25, "iscrowd": 0,
-             "segmentation": rle(*b)} for i, (im, c, b) in enumerate(boxes)]
-    return {"images": [{"id": 1, "width": 20, "height": 20}, {"id": 2, "width": 20, "height": 20}],
-            "annotations": anns, "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    anns = [
+        {"id": i + 1, "image_id": im, "category_id": c, "bbox": b, "area": 25, "iscrowd": 0, "segmentation": rle(*b)}
+        for i, (im, c, b) in enumerate(boxes)
+    ]
+    return {
+        "images": [{"id": 1, "width": 20, "height": 20}, {"id": 2, "width": 20, "height": 20}],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+    }
 
 
 def test_dsg_appendix_ap_is_the_mean_over_instances_not_classes():
     d = _segm_dataset()
     gt = _coco(d)
     # class 1 (2 instances): both found exactly -> AP 100; class 2 (1 instance): missed -> AP 0
-    res = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9,
-            "segmentation": a["segmentation"]} for a in d["annotations"] if a["category_id"] == 1]
+    res = [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": 0.9,
+            "segmentation": a["segmentation"],
+        }
+        for a in d["annotations"]
+        if a["category_id"] == 1
+    ]
     for iou_type in ("bbox", "segm"):
         ap = instance_mean_ap(gt, res, iou_type, [1, 2])
         assert ap == pytest.approx(100.0 * 2 / 3)  # the class mean would be 50
@@ -91,8 +113,16 @@ def test_dsg_appendix_ap_is_the_mean_over_instances_not_classes():
 
 def test_dsg_appendix_grid_compares_two_models():
     d = _segm_dataset()
-    good = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9,
-             "segmentation": a["segmentation"]} for a in d["annotations"]]
+    good = [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": 0.9,
+            "segmentation": a["segmentation"],
+        }
+        for a in d["annotations"]
+    ]
     rows = huddled_grid(d, {"A": good[:2], "B": good}, thresholds=(0.0,))
     assert [(r["t_o"], r["t_p"], r["images"]) for r in rows] == [(-1.0, 0.0, 2), (0.0, 0.0, 0)]
     # A misses one of class 1's two instances: recall 0.5 at precision 1 is AP 51/101 on COCO's 101-point
@@ -108,7 +138,7 @@ def _rect_rle(x0, y0, w, h, size=20):
     from pycocotools import mask as mask_util
 
     m = np.zeros((size, size), np.uint8, order="F")
-    m[y0:y0 + h, x0:x0 + w] = 1
+    m[y0 : y0 + h, x0 : x0 + w] = 1
     r = mask_util.encode(np.asfortranarray(m))
     r["counts"] = r["counts"].decode()
     return r
@@ -118,15 +148,37 @@ def test_dsg_appendix_all_row_keeps_images_without_instances_and_their_false_pos
     # image 1: class 1 at [0,0,10,10] and class 2 at [5,0,10,10] (IoU 1/3: huddled for T_O < 1/3);
     # image 2: a lone class-1 instance; image 3: no instance at all
     boxes = [(1, 1, [0, 0, 10, 10]), (1, 2, [5, 0, 10, 10]), (2, 1, [0, 10, 5, 5])]
-    anns = [{"id": i + 1, "image_id": im, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0,
-             "segmentation": _rect_rle(*b)} for i, (im, c, b) in enumerate(boxes)]
-    d = {"images": [{"id": i, "width": 20, "height": 20} for i in (1, 2, 3)], "annotations": anns,
-         "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
-    exact = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9,
-              "segmentation": a["segmentation"]} for a in anns]
+    anns = [
+        {
+            "id": i + 1,
+            "image_id": im,
+            "category_id": c,
+            "bbox": b,
+            "area": b[2] * b[3],
+            "iscrowd": 0,
+            "segmentation": _rect_rle(*b),
+        }
+        for i, (im, c, b) in enumerate(boxes)
+    ]
+    d = {
+        "images": [{"id": i, "width": 20, "height": 20} for i in (1, 2, 3)],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+    }
+    exact = [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": 0.9,
+            "segmentation": a["segmentation"],
+        }
+        for a in anns
+    ]
     # model "fp" also fires, more confidently, on the empty image 3: a class-1 false positive
-    fp = exact + [{"image_id": 3, "category_id": 1, "bbox": [2, 2, 6, 6], "score": 0.95,
-                   "segmentation": _rect_rle(2, 2, 6, 6)}]
+    fp = exact + [
+        {"image_id": 3, "category_id": 1, "bbox": [2, 2, 6, 6], "score": 0.95, "segmentation": _rect_rle(2, 2, 6, 6)}
+    ]
     rows = huddled_grid(d, {"exact": exact, "fp": fp}, thresholds=(0.0, 0.4))
     by = {(r["t_o"], r["t_p"]): r for r in rows}
     # T_O = -1: the whole set, the empty image included

@@ -1,4 +1,5 @@
 """instseg.layers.upsample_and_predict: the mask head's deconv -> ReLU -> 1x1 predictor as matrix products."""
+
 import pytest
 import torch
 from torch import nn

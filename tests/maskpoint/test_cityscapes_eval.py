@@ -1,6 +1,7 @@
 """Cityscapes runs report box AP next to the Cityscapes instance metrics (Table VII's AP_bb): the
 ``cityscapes_instance`` evaluator type adds COCO box AP, on data in the Cityscapes layout (the synthetic export read
 by detectron2's Cityscapes loader), and a Mask Point model evaluates there through the Trainer."""
+
 import pycocotools.mask as mask_util
 import pytest
 import torch
@@ -24,8 +25,9 @@ def cityscapes_val(tmp_path, datasets_dir, monkeypatch):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)  # cityscapesscripts would write matches.json here
-    return export_and_register(SyntheticSpec(num_images=3, height=96, width=96, seed=5), split="val",
-                               name="synthetic_cityscapes_table7_val")
+    return export_and_register(
+        SyntheticSpec(num_images=3, height=96, width=96, seed=5), split="val", name="synthetic_cityscapes_table7_val"
+    )
 
 
 def _ground_truth_as_predictions(dicts, shift_boxes=False):

@@ -1,5 +1,6 @@
 """The shipped Mask Point configs against the paper's training strategy (Sec. IV-A/B), measured in epochs of the
 paper's Cityscapes train split, and their Mask R-CNN baselines trained the same way (the paper compares them so)."""
+
 import os
 
 import numpy as np
@@ -25,8 +26,17 @@ BASELINES = os.path.join(ROOT, "configs", "Baselines")
 CITYSCAPES_TRAIN_IMAGES = 2975
 # Sec. IV-B: 4 images per batch; shorter side sampled from [800, 1024]; horizontal flip with probability 0.5;
 # 64 epochs, LR 0.005 for the first 48 and 0.0005 for the last 16; SGD, momentum 0.9, weight decay 1e-4
-PAPER = dict(batch=4, short_side=(800, 1024), flip_prob=0.5, epochs=64, lr=0.005, drop_epoch=48, lr_after=0.0005,
-             momentum=0.9, weight_decay=1e-4)
+PAPER = dict(
+    batch=4,
+    short_side=(800, 1024),
+    flip_prob=0.5,
+    epochs=64,
+    lr=0.005,
+    drop_epoch=48,
+    lr_after=0.0005,
+    momentum=0.9,
+    weight_decay=1e-4,
+)
 
 # (Mask Point config, its Mask R-CNN baseline): same data, schedule and input pipeline
 PAIRS = [
@@ -74,8 +84,8 @@ def test_cityscapes_schedule_is_sec_4b_in_epochs():
     assert warmup < iters_per_epoch  # a linear warm-up within the first epoch (not in the paper), then its LR
     dropped = warmup + np.flatnonzero(lrs[warmup:] < PAPER["lr"] / 2)
     assert abs(dropped[0] / iters_per_epoch - PAPER["drop_epoch"]) * iters_per_epoch < 1  # the drop after epoch 48
-    np.testing.assert_allclose(lrs[warmup:dropped[0]], PAPER["lr"])
-    np.testing.assert_allclose(lrs[dropped[0]:], PAPER["lr_after"])  # the last 16 epochs
+    np.testing.assert_allclose(lrs[warmup : dropped[0]], PAPER["lr"])
+    np.testing.assert_allclose(lrs[dropped[0] :], PAPER["lr_after"])  # the last 16 epochs
     assert np.array_equal(dropped, np.arange(dropped[0], len(lrs)))
 
 
@@ -114,8 +124,13 @@ def test_baseline_is_trained_as_mask_point(mask_point, baseline):
     # the same input pipeline; only the mapper differs (Mask Point's also samples the contour points)
     mp_input, base_input = mp.INPUT.clone(), base.INPUT.clone()
     assert (mp_input.pop("DATASET_MAPPER_NAME"), base_input.pop("DATASET_MAPPER_NAME")) == (
-        "ContourPointDatasetMapper", "DatasetMapper")
+        "ContourPointDatasetMapper",
+        "DatasetMapper",
+    )
     assert mp_input == base_input
     assert (mp.MODEL.WEIGHTS, mp.MODEL.RESNETS, mp.MODEL.ROI_HEADS.NUM_CLASSES) == (
-        base.MODEL.WEIGHTS, base.MODEL.RESNETS, base.MODEL.ROI_HEADS.NUM_CLASSES)
+        base.MODEL.WEIGHTS,
+        base.MODEL.RESNETS,
+        base.MODEL.ROI_HEADS.NUM_CLASSES,
+    )
     assert mp.MODEL.ROI_HEADS.NAME == "MaskPointROIHeads" and base.MODEL.ROI_HEADS.NAME == "StandardROIHeads"

@@ -1,4 +1,5 @@
 """Mask Point R-CNN Sec. III-C (Fig. 3): contour-point targets sampled from binary masks."""
+
 import cv2
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ def _boundary_pixels(mask):
     inner = m[1:-1, 1:-1].copy()
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
-            inner &= m[1 + dy: m.shape[0] - 1 + dy, 1 + dx: m.shape[1] - 1 + dx]
+            inner &= m[1 + dy : m.shape[0] - 1 + dy, 1 + dx : m.shape[1] - 1 + dx]
     ys, xs = np.nonzero(mask.astype(bool) & ~inner)
     return set(zip((xs + 0.5).tolist(), (ys + 0.5).tolist()))
 
@@ -108,7 +109,7 @@ def test_sec3c_two_components_share_points_by_perimeter_in_top_left_order():
     m[5:15, 10:20] = 1  # upper, smaller: perimeter ~ 36
     k = 44
     pts = sample_contour_points(m, k, with_center=False)
-    upper = (pts[:, 1] < 30)
+    upper = pts[:, 1] < 30
     # the upper component comes first, all of its points before the lower one's
     assert upper[0] and np.all(np.diff(upper.astype(int)) <= 0)
     n_up = int(upper.sum())

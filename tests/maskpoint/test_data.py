@@ -1,5 +1,6 @@
 """Mask Point R-CNN's contour-point targets in the data loader (item 7 of issue 12): ContourPointDatasetMapper samples
 them per instance after augmentation, and the Trainer's loaders use the mapper INPUT.DATASET_MAPPER_NAME names."""
+
 import pytest
 import torch
 
@@ -14,16 +15,19 @@ from instseg.config import get_cfg  # noqa: E402
 from instseg.data.datasets import register_synthetic_from_cfg  # noqa: E402
 from instseg.engine import Trainer, UserError  # noqa: E402
 from instseg.engine.trainer import build_mapper  # noqa: E402
-from maskpoint.modeling import ContourPointDatasetMapper  # noqa: E402
-from maskpoint.modeling import contour_keypoints  # noqa: E402
+from maskpoint.modeling import (
+    ContourPointDatasetMapper,  # noqa: E402
+    contour_keypoints,  # noqa: E402
+)
 from tests.maskpoint.test_roi_heads import CONFIG  # noqa: E402
 
 
 def make_cfg(*opts):
     cfg = get_cfg()
     cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(TINY + ["MODEL.MASK_POINT.NUM_POINTS", "16", "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS", "17",
-                                *opts])
+    cfg.merge_from_list(
+        TINY + ["MODEL.MASK_POINT.NUM_POINTS", "16", "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS", "17", *opts]
+    )
     return cfg
 
 
@@ -78,8 +82,9 @@ def test_mapper_edge_cases_are_clear(train_dicts):
     mapper = build_mapper(make_cfg(), is_train=True)
     d = dict(train_dicts[0], annotations=[])
     assert mapper(d)["instances"].gt_keypoints.tensor.shape == (0, 17, 3)
-    no_masks = dict(train_dicts[0], annotations=[{"bbox": [10, 10, 40, 40], "bbox_mode": BoxMode.XYXY_ABS,
-                                                  "category_id": 0}])
+    no_masks = dict(
+        train_dicts[0], annotations=[{"bbox": [10, 10, 40, 40], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0}]
+    )
     with pytest.raises(ValueError, match="no 'segmentation'"):
         mapper(no_masks)
     test_out = build_mapper(make_cfg(), is_train=False)(train_dicts[0])  # inference: DatasetMapper's
@@ -100,4 +105,3 @@ def test_trainer_loaders_use_the_configured_mapper(train_dicts):
     cfg.INPUT.DATASET_MAPPER_NAME = "ContourPointMapper"
     with pytest.raises(UserError, match="registered: .*ContourPointDatasetMapper.*DatasetMapper"):
         Trainer.build_train_loader(cfg)
-

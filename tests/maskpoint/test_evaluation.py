@@ -1,5 +1,7 @@
 """Mask Point R-CNN Table VII's AP_keypoint: ContourKeypointEvaluator scores predicted contour points against
 contour points sampled, as the training targets are, from the ground-truth masks of a COCO-format dataset."""
+
+import functools
 import json
 
 import cv2
@@ -44,8 +46,8 @@ def _star(cx, cy, outer, inner):
 
 def _l_shape(x0, y0):
     m = np.zeros((SIZE, SIZE), np.uint8)
-    m[y0:y0 + 50, x0:x0 + 18] = 1
-    m[y0 + 32:y0 + 50, x0:x0 + 55] = 1
+    m[y0 : y0 + 50, x0 : x0 + 18] = 1
+    m[y0 + 32 : y0 + 50, x0 : x0 + 55] = 1
     return m
 
 
@@ -71,8 +73,17 @@ def dataset(tmp_path_factory):
     for i, (image_id, cat, mask) in enumerate(INSTANCES):
         rle = mask_util.encode(np.asfortranarray(mask))
         rle["counts"] = rle["counts"].decode()
-        anns.append({"id": i + 1, "image_id": image_id, "category_id": cat, "iscrowd": 0, "segmentation": rle,
-                     "bbox": _xywh(mask), "area": float(mask.sum())})
+        anns.append(
+            {
+                "id": i + 1,
+                "image_id": image_id,
+                "category_id": cat,
+                "iscrowd": 0,
+                "segmentation": rle,
+                "bbox": _xywh(mask),
+                "area": float(mask.sum()),
+            }
+        )
     coco = {
         "images": [{"id": i, "file_name": f"{i}.png", "width": SIZE, "height": SIZE} for i in (1, 2)],
         "annotations": anns,
@@ -159,9 +170,15 @@ def test_table7_ap_keypoint_evaluator_from_config_samples_as_the_config_says(dat
     cfg.MODEL.MASK_POINT.OKS_SIGMAS = [0.03] * 8
     corner = dict(num_points=8, sampling="corner", with_center=False)
     uniform = dict(corner, sampling="uniform")
-    ap = {name: _evaluate(dataset, None, lambda m: sample_contour_points(m, **sample),
-                          ContourKeypointEvaluator.from_config(cfg, dataset))
-          for name, sample in (("corner", corner), ("uniform", uniform))}
+    ap = {
+        name: _evaluate(
+            dataset,
+            None,
+            functools.partial(sample_contour_points, **sample),
+            ContourKeypointEvaluator.from_config(cfg, dataset),
+        )
+        for name, sample in (("corner", corner), ("uniform", uniform))
+    }
     assert ap["corner"] == pytest.approx(100.0) and ap["uniform"] < 50.0
     cfg.MODEL.MASK_POINT.OKS_SIGMAS = [0.03] * 9  # one per keypoint means 8 here
     with pytest.raises(ValueError, match="OKS_SIGMAS needs 1 or 8 values"):

@@ -1,4 +1,5 @@
 """Mask Point R-CNN Eq. 1-2 and the fusion ablations of Tables II-IV (structure, reduction, mode)."""
+
 import itertools
 
 import pytest
@@ -46,7 +47,7 @@ def test_mask_point_eq1_is_the_channel_sum_of_per_map_3x3_stride2_convolutions()
     mask, kp = _inputs("b")
     w, b = m.reduce_conv.weight, m.reduce_conv.bias  # (K, 1, 3, 3), (K,)
     # Eq. 1 literally: conv each keypoint map with its own 3x3 stride-2 kernel, then sum over i = 1..k+1
-    o_k = sum(F.conv2d(kp[:, i: i + 1], w[i: i + 1], b[i: i + 1], stride=2, padding=1) for i in range(K))
+    o_k = sum(F.conv2d(kp[:, i : i + 1], w[i : i + 1], b[i : i + 1], stride=2, padding=1) for i in range(K))
     torch.testing.assert_close(m.reduce(kp), o_k)
     # Eq. 2: O_m = O_k (x) f_m, broadcast to every class channel
     torch.testing.assert_close(m(mask, kp), o_k * mask)
@@ -56,7 +57,7 @@ def test_mask_point_eq1_is_the_channel_sum_of_per_map_3x3_stride2_convolutions()
     (m.reduce(kp1) * gm).sum().backward()
     grad_w_fast = w.grad.clone()
     w.grad = None
-    lit = sum(F.conv2d(kp2[:, i: i + 1], w[i: i + 1], b[i: i + 1], stride=2, padding=1) for i in range(K))
+    lit = sum(F.conv2d(kp2[:, i : i + 1], w[i : i + 1], b[i : i + 1], stride=2, padding=1) for i in range(K))
     (lit * gm).sum().backward()
     torch.testing.assert_close(kp1.grad, kp2.grad)
     torch.testing.assert_close(grad_w_fast, w.grad)
@@ -112,8 +113,10 @@ def test_table2_structures_c_and_d_sum_the_maps_at_their_own_resolution():
 @pytest.mark.parametrize("structure", ["a", "b"])
 def test_table3_pooling_reductions(structure):
     mask, kp = _inputs(structure)
-    for reduction, pool in (("max", lambda x: F.max_pool2d(x, 3, 2, 1)),
-                            ("avg", lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False))):
+    for reduction, pool in (
+        ("max", lambda x: F.max_pool2d(x, 3, 2, 1)),
+        ("avg", lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)),
+    ):
         m = ContourFusion(K, C, structure, reduction, "add").double()
         assert m.reduce_conv is None  # nothing to learn
         expected = pool(kp).sum(1, keepdim=True) if structure == "b" else pool(kp.sum(1, keepdim=True))

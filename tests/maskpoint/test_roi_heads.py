@@ -1,6 +1,7 @@
 """Mask Point R-CNN's ROI heads in detectron2: what the default keys build (Eq. 1-3), contour targets, every
 Table II-VII switch trains a step (the keypoint-only row too), keys that contradict MODEL.MASK_POINT are refused,
 inference outputs, MASK_FROM_CONTOUR (Sec. IV-E), and a briefly trained model through DefaultPredictor."""
+
 import json
 import os
 
@@ -32,8 +33,9 @@ def make_cfg(*opts, imply=True):
     code would."""
     cfg = get_cfg()
     cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(TINY + ["MODEL.MASK_POINT.NUM_POINTS", "16", "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS", "17",
-                                *opts])
+    cfg.merge_from_list(
+        TINY + ["MODEL.MASK_POINT.NUM_POINTS", "16", "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS", "17", *opts]
+    )
     if imply:
         set_implied_keys(cfg)
     return cfg
@@ -44,8 +46,9 @@ def with_contour_targets(batch, cfg):
     mp = cfg.MODEL.MASK_POINT
     for d in batch:
         inst = d["instances"]
-        inst.gt_keypoints = contour_keypoints(inst.gt_masks, inst.image_size, mp.NUM_POINTS, mp.SAMPLING,
-                                              mp.WITH_CENTER, mp.CENTER)
+        inst.gt_keypoints = contour_keypoints(
+            inst.gt_masks, inst.image_size, mp.NUM_POINTS, mp.SAMPLING, mp.WITH_CENTER, mp.CENTER
+        )
     return batch
 
 
@@ -85,7 +88,7 @@ def test_default_heads_are_the_papers():
     assert kp.shape[1:] == (PAPER_K + 1, PAPER_HEATMAP, PAPER_HEATMAP)
     assert mask.shape[-2:] == (PAPER_MASK, PAPER_MASK)
     w, b, kp = fusion.reduce_conv.weight.double(), fusion.reduce_conv.bias.double(), kp.double()
-    o_k = sum(F.conv2d(kp[:, i: i + 1], w[i: i + 1], b[i: i + 1], stride=2, padding=1) for i in range(PAPER_K + 1))
+    o_k = sum(F.conv2d(kp[:, i : i + 1], w[i : i + 1], b[i : i + 1], stride=2, padding=1) for i in range(PAPER_K + 1))
     expected = o_k * mask.double()  # Eq. 1, then Eq. 2 (computed in float64: 101 float32 maps add up differently)
     torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
     assert inst.pred_keypoints.shape[1:] == (PAPER_K + 1, 3)
@@ -171,8 +174,11 @@ SWITCHES = (
     + [("MODEL.MASK_POINT.FUSION", f) for f in ("add", "max", "none")]  # Table IV
     + [("MODEL.MASK_POINT.NUM_POINTS", "50")]  # Table V
     + [("MODEL.MASK_POINT.SAMPLING", "corner")]  # Table VI
-    + [("MODEL.MASK_POINT.WITH_CENTER", "False"), ("MODEL.MASK_POINT.KEYPOINT_LOSS_WEIGHT", "1.0"),
-       ("MODEL.MASK_POINT.CENTER", "box")]  # Table VII
+    + [
+        ("MODEL.MASK_POINT.WITH_CENTER", "False"),
+        ("MODEL.MASK_POINT.KEYPOINT_LOSS_WEIGHT", "1.0"),
+        ("MODEL.MASK_POINT.CENTER", "box"),
+    ]  # Table VII
     + [("MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "False")]
 )
 
@@ -207,15 +213,17 @@ def test_table7_keypoint_only_row():
     model, losses = train_step(cfg, with_contour_targets(synthetic_batch(2, empty=()), cfg))
     full, _ = train_step(make_cfg(), with_contour_targets(synthetic_batch(2, empty=()), make_cfg()))
     assert not model.roi_heads.mask_on and model.roi_heads.fusion is None
-    mask_params = sum(p.numel() for n, p in full.named_parameters() if n.startswith(("roi_heads.mask_head",
-                                                                                        "roi_heads.fusion")))
+    mask_params = sum(
+        p.numel() for n, p in full.named_parameters() if n.startswith(("roi_heads.mask_head", "roi_heads.fusion"))
+    )
     assert sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in model.parameters()) == mask_params > 0
     assert "loss_mask" not in losses and losses["loss_keypoint"].item() > 0
     assert model.roi_heads.keypoint_head.conv_fcn1.weight.grad.abs().sum() > 0
     model.eval()
     with torch.no_grad():
         inst = model([{k: v for k, v in d.items() if k != "instances"} for d in synthetic_batch(1, empty=())])[0][
-            "instances"]
+            "instances"
+        ]
     assert len(inst) > 0 and inst.pred_keypoints.shape[1:] == (17, 3)
     ref = contour_polygon_masks(inst.pred_keypoints, inst.pred_boxes.tensor, 16, 56)
     assert torch.equal(inst.pred_masks, ROIMasks(ref[:, 0]).to_bitmasks(inst.pred_boxes, 96, 96, 0.5).tensor)
@@ -241,8 +249,9 @@ def test_keys_contradicting_mask_point_are_refused_at_build_time(key, bad, fix):
 def test_a_table5_switch_alone_names_the_key_to_change():
     with pytest.raises(ValueError, match="MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS 51"):
         build_model(make_cfg("MODEL.MASK_POINT.NUM_POINTS", "50", imply=False))
-    heads = build_model(make_cfg("MODEL.MASK_POINT.NUM_POINTS", "50", "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS", "51",
-                                 imply=False)).roi_heads
+    heads = build_model(
+        make_cfg("MODEL.MASK_POINT.NUM_POINTS", "50", "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS", "51", imply=False)
+    ).roi_heads
     assert heads.keypoint_head.num_keypoints == 51 == heads.fusion.num_keypoints
 
 
@@ -260,10 +269,28 @@ def test_bad_settings_are_clear_errors():
     bad = [
         (("MODEL.MASK_POINT.FUSION_STRUCTURE", "c", "MODEL.MASK_POINT.REDUCTION", "max"), "REDUCTION conv"),
         (("MODEL.MASK_POINT.FUSION_STRUCTURE", "d", "MODEL.MASK_POINT.REDUCTION", "avg"), "REDUCTION conv"),
-        (("MODEL.MASK_POINT.MASK_HEAD", "False", "MODEL.MASK_POINT.MASK_FROM_CONTOUR", "True",
-          "MODEL.MASK_POINT.FUSION_STRUCTURE", "d"), "FUSION_STRUCTURE b"),
-        (("MODEL.MASK_POINT.MASK_HEAD", "False", "MODEL.MASK_POINT.MASK_FROM_CONTOUR", "True",
-          "MODEL.MASK_POINT.FUSION", "add"), "FUSION mul"),
+        (
+            (
+                "MODEL.MASK_POINT.MASK_HEAD",
+                "False",
+                "MODEL.MASK_POINT.MASK_FROM_CONTOUR",
+                "True",
+                "MODEL.MASK_POINT.FUSION_STRUCTURE",
+                "d",
+            ),
+            "FUSION_STRUCTURE b",
+        ),
+        (
+            (
+                "MODEL.MASK_POINT.MASK_HEAD",
+                "False",
+                "MODEL.MASK_POINT.MASK_FROM_CONTOUR",
+                "True",
+                "MODEL.MASK_POINT.FUSION",
+                "add",
+            ),
+            "FUSION mul",
+        ),
         (("MODEL.MASK_POINT.SAMPLING", "corners"), "SAMPLING uniform"),
         (("MODEL.MASK_POINT.CENTER", "centroid"), "CENTER mass"),
     ]
@@ -313,9 +340,21 @@ def test_default_predictor_after_brief_training(tmp_path, datasets_dir, one_thre
     import train_net
 
     out = tmp_path / "out"
-    opts = [*TINY, "MODEL.MASK_POINT.NUM_POINTS", "16", "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS", "17",
-            "DATASETS.SYNTHETIC.NUM_TRAIN", "2", "SOLVER.MAX_ITER", "60", "SOLVER.BASE_LR", "0.001",
-            "OUTPUT_DIR", str(out)]
+    opts = [
+        *TINY,
+        "MODEL.MASK_POINT.NUM_POINTS",
+        "16",
+        "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS",
+        "17",
+        "DATASETS.SYNTHETIC.NUM_TRAIN",
+        "2",
+        "SOLVER.MAX_ITER",
+        "60",
+        "SOLVER.BASE_LR",
+        "0.001",
+        "OUTPUT_DIR",
+        str(out),
+    ]
     res = train_net.run(["--config-file", CONFIG, *opts])
     assert set(res) == {"bbox", "segm"}  # COCO has no ground truth for contour points: no "keypoints" task
     for key, factor in (("total_loss", 0.7), ("loss_keypoint", 0.75), ("loss_mask", 0.8)):

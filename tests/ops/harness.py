@@ -15,6 +15,7 @@ on CUDA:
 * ``torch.export`` of a module that calls the op: the op stays one node of the graph, and the program matches eager;
 * the registration itself, and the fallback to the reference (with a warning) when the extension is missing.
 """
+
 import os
 import shutil
 import warnings

@@ -1,5 +1,6 @@
 """The compiled extension instseg._C as a whole: how it was built (CUDA, OpenMP) and that its CPU kernels run
 in parallel. Each op's own tests are in the method's test folder, on the shared harness tests/ops/harness.py."""
+
 import sys
 
 import pytest

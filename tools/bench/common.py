@@ -1,4 +1,5 @@
 """Timing shared by the op benchmarks."""
+
 import statistics
 import time
 from typing import Callable, Dict, Optional, Sequence

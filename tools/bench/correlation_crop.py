@@ -12,13 +12,21 @@ order; CUDA: ``torch.cuda.max_memory_allocated``) and the ratios. Goals (issue 3
 least 3x faster than the reference and at most half its peak memory.
 """
 
-
 import torch
 
 from tools.bench.common import median_time, summary_row, thread_counts, thread_scaling
 
 DEFAULTS = dict(
-    n=2, d=32, height=200, width=304, objects=100, box_min=0.05, box_max=0.6, repeats=5, warmup=1, seed=0,
+    n=2,
+    d=32,
+    height=200,
+    width=304,
+    objects=100,
+    box_min=0.05,
+    box_max=0.6,
+    repeats=5,
+    warmup=1,
+    seed=0,
     scaling_repeats=9,
 )
 GOAL_SPEEDUP = 3.0

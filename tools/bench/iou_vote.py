@@ -129,9 +129,7 @@ def run(args) -> dict:
             args.iou_vote_scaling_repeats,
         )
     out["summary"] = {
-        "forward": summary_row(
-            out.get("threads", {}).get("forward"), numpy=t_np / t_op, torch_reference=t_ref / t_op
-        )
+        "forward": summary_row(out.get("threads", {}).get("forward"), numpy=t_np / t_op, torch_reference=t_ref / t_op)
     }
 
     if torch.cuda.is_available() and get_op("iou_vote") is not None:

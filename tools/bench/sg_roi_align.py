@@ -8,6 +8,7 @@ forward+backward at most 1.5x the time of ``torchvision.ops.roi_align``'s.
 ``run(args)`` returns a dict (times in seconds, medians over ``--repeats`` after ``--warmup`` runs) and prints
 nothing; ``tools/benchmark_ops.py`` drives it. ``python -m tools.bench.sg_roi_align`` prints the dict as JSON.
 """
+
 import argparse
 
 import torch
@@ -135,7 +136,7 @@ def run(args) -> dict:
     from instseg.extension import extension_has_cuda, get_op
 
     a = argparse.Namespace(
-        **{k[len("sg_roi_align_"):]: v for k, v in vars(args).items() if k.startswith("sg_roi_align_")}
+        **{k[len("sg_roi_align_") :]: v for k, v in vars(args).items() if k.startswith("sg_roi_align_")}
     )
     result = {
         "op": "sg_roi_align",

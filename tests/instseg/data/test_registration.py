@@ -1,6 +1,7 @@
 """The synthetic dataset through detectron2: catalog registration (instseg.data.datasets), DatasetMapper,
 the COCO evaluator's conversion, and the Cityscapes-layout export (instseg.data.cityscapes) read back by
 detectron2's Cityscapes loader."""
+
 import os
 
 from tests.utils import importorskip_detectron2
@@ -216,8 +217,9 @@ def test_coco_evaluator_scores_ground_truth_as_perfect(catalog, tmp_path):
     from detectron2.structures import Boxes, Instances
 
     inst_name, _ = syn_datasets.register_synthetic("val", SPEC)
-    evaluator = COCOEvaluator(inst_name, tasks=("bbox", "segm"), distributed=False,
-                              output_dir=str(tmp_path / "eval"), use_fast_impl=False)
+    evaluator = COCOEvaluator(
+        inst_name, tasks=("bbox", "segm"), distributed=False, output_dir=str(tmp_path / "eval"), use_fast_impl=False
+    )
     evaluator.reset()
     for d in DatasetCatalog.get(inst_name):
         scene = render_scene(SPEC, d["image_id"])
@@ -226,8 +228,9 @@ def test_coco_evaluator_scores_ground_truth_as_perfect(catalog, tmp_path):
         pred.pred_boxes = Boxes(torch.tensor([i.bbox_xyxy for i in scene.instances], dtype=torch.float32).reshape(n, 4))
         pred.scores = torch.ones(n)
         pred.pred_classes = torch.tensor([i.category_id for i in scene.instances], dtype=torch.int64)
-        pred.pred_masks = torch.from_numpy(np.stack([i.mask for i in scene.instances]) if n else
-                                           np.zeros((0, SPEC.height, SPEC.width), dtype=bool))
+        pred.pred_masks = torch.from_numpy(
+            np.stack([i.mask for i in scene.instances]) if n else np.zeros((0, SPEC.height, SPEC.width), dtype=bool)
+        )
         evaluator.process([d], [{"instances": pred}])
     results = evaluator.evaluate()
     assert results["segm"]["AP"] == pytest.approx(100.0)
@@ -289,8 +292,8 @@ def _load_cityscapes(dirs, **kwargs):
 
 
 def test_cityscapes_things_follow_detectron2_order():
-    from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
     from cityscapesscripts.helpers.labels import name2label
+    from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 
     assert len(CITYSCAPES_THINGS) == len(THING_CLASSES)
     thing_classes = _get_builtin_metadata("cityscapes")["thing_classes"]
@@ -311,8 +314,7 @@ def test_cityscapes_export_round_trips_through_detectron2(city_export):
         np.testing.assert_array_equal(cv2.imread(d["file_name"], cv2.IMREAD_COLOR), scene.image)
         # detectron2 drops masks that are one pixel wide or tall (its inclusive box is then empty)
         expected = [
-            i for i in scene.instances
-            if i.bbox_xyxy[2] - i.bbox_xyxy[0] > 1 and i.bbox_xyxy[3] - i.bbox_xyxy[1] > 1
+            i for i in scene.instances if i.bbox_xyxy[2] - i.bbox_xyxy[0] > 1 and i.bbox_xyxy[3] - i.bbox_xyxy[1] > 1
         ]
         assert len(d["annotations"]) == len(expected)
         unmatched = list(expected)
@@ -364,16 +366,13 @@ def test_cityscapes_export_json_polygons_load(city_export):
         fills = [_filled(i.mask) for i in scene.instances]
         split = any(_components(i.mask) != 1 for i in scene.instances)
         in_hole = any(
-            (fills[a] & scene.instances[b].mask).any()
-            for a in range(len(fills)) for b in range(len(fills)) if a != b
+            (fills[a] & scene.instances[b].mask).any() for a in range(len(fills)) for b in range(len(fills)) if a != b
         )
         if split or in_hole:
             continue
         clean_images += 1
         assert len(d["annotations"]) == len(scene.instances)
-        assert sorted(a["category_id"] for a in d["annotations"]) == sorted(
-            i.category_id for i in scene.instances
-        )
+        assert sorted(a["category_id"] for a in d["annotations"]) == sorted(i.category_id for i in scene.instances)
     assert clean_images >= 2
 
 

@@ -1,6 +1,7 @@
 """The synthetic dataset: generator (instseg.data.synthetic) and on-disk cache (instseg.data.cache).
 
 No detectron2 needed. Every split is written under a pytest tmp_path (DETECTRON2_DATASETS)."""
+
 import json
 import os
 
@@ -170,9 +171,7 @@ def test_visible_masks_are_disjoint_and_inside_full_masks(scenes):
 
 def test_occluded_instances_exist(scenes):
     stats = scene_stats(scenes)
-    occluded = [
-        inst for s in scenes for inst in s.instances if inst.area < int(inst.full_mask.sum())
-    ]
+    occluded = [inst for s in scenes for inst in s.instances if inst.area < int(inst.full_mask.sum())]
     assert stats["occluded_instances"] == len(occluded)
     assert len(occluded) >= 10
     assert stats["instances"] == sum(len(s.instances) for s in scenes)
@@ -316,9 +315,7 @@ def test_cache_is_reused_and_keyed_by_spec():
     assert other != path
     assert len(load_instances("val", SyntheticSpec(num_images=3, height=64, width=64, seed=9))) == 3
     # no temporary folder is left behind
-    assert sorted(os.listdir(os.path.dirname(path))) == sorted(
-        [os.path.basename(path), os.path.basename(other)]
-    )
+    assert sorted(os.listdir(os.path.dirname(path))) == sorted([os.path.basename(path), os.path.basename(other)])
 
 
 def test_small_objects_exist(scenes):
@@ -371,8 +368,16 @@ def test_bad_spec_values_raise(kwargs, match):
 
 
 def test_boundary_spec_values_are_accepted():
-    SyntheticSpec(num_images=0, height=32, width=32, max_instances=0, empty_prob=0.0, small_prob=1.0,
-                  huddle_prob=1.0, min_visible_area=1)
+    SyntheticSpec(
+        num_images=0,
+        height=32,
+        width=32,
+        max_instances=0,
+        empty_prob=0.0,
+        small_prob=1.0,
+        huddle_prob=1.0,
+        min_visible_area=1,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,8 +416,12 @@ def test_panoptic_png_and_json_describe_the_scene():
             m = ids == s["id"]
             assert s["area"] == int(m.sum()) > 0
             ys, xs = np.nonzero(m)
-            assert s["bbox"] == [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
-                                 int(ys.max() - ys.min() + 1)]
+            assert s["bbox"] == [
+                int(xs.min()),
+                int(ys.min()),
+                int(xs.max() - xs.min() + 1),
+                int(ys.max() - ys.min() + 1),
+            ]
             assert s["iscrowd"] == 0
 
         things = [s for s in segs if s["category_id"] in THING_IDS]
@@ -433,8 +442,9 @@ def test_panoptic_png_and_json_describe_the_scene():
             np.testing.assert_array_equal(ids == s["id"], (scene.stuff == k) & ~thing_union)
 
         # semantic PNG agrees with the panoptic labels (contiguous ids: things, then stuff)
-        sem = cv2.imread(os.path.join(path, "sem_seg", os.path.splitext(ann["file_name"])[0] + ".png"),
-                         cv2.IMREAD_UNCHANGED)
+        sem = cv2.imread(
+            os.path.join(path, "sem_seg", os.path.splitext(ann["file_name"])[0] + ".png"), cv2.IMREAD_UNCHANGED
+        )
         assert sem.shape == (96, 112) and sem.dtype == np.uint8
         assert not (sem == IGNORE_LABEL).any()  # every pixel is labelled
         for s in segs:

@@ -1,5 +1,6 @@
 """train_net.py end to end on tiny synthetic data: train, evaluate (COCO and Cityscapes evaluators),
 two CPU processes, resume after a kill, and one clear message for each user mistake."""
+
 import glob
 import json
 import os
@@ -23,6 +24,7 @@ from instseg.engine import Trainer, UserError, build_cfg  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BASELINE = os.path.join(ROOT, "configs", "Baselines", "mask_rcnn_R_18_FPN_synthetic.yaml")
 PY = sys.executable
+
 
 class Args:
     """The fields of detectron2's default_argument_parser that setup uses."""
@@ -51,8 +53,16 @@ def test_train_then_eval_only_coco(tmp_path, datasets_dir):
     for task in ("bbox", "segm"):
         assert task in res and 0.0 <= res[task]["AP"] <= 100.0
     res2 = train_net.run(
-        ["--config-file", BASELINE, "--eval-only", *TINY, "MODEL.WEIGHTS", str(out / "model_final.pth"),
-         "OUTPUT_DIR", str(tmp_path / "eval")]
+        [
+            "--config-file",
+            BASELINE,
+            "--eval-only",
+            *TINY,
+            "MODEL.WEIGHTS",
+            str(out / "model_final.pth"),
+            "OUTPUT_DIR",
+            str(tmp_path / "eval"),
+        ]
     )
     # same weights, same data: the same numbers
     assert res2["segm"]["AP"] == pytest.approx(res["segm"]["AP"], abs=1e-6)
@@ -67,8 +77,9 @@ def test_eval_cityscapes_instance_evaluator_on_export(tmp_path, datasets_dir, mo
     cwd.mkdir()
     monkeypatch.chdir(cwd)  # cityscapesscripts writes matches.json into the cwd unless we stop it
 
-    name = export_and_register(SyntheticSpec(num_images=3, height=96, width=96, seed=5), split="val",
-                               name="synthetic_cityscapes_test_val")
+    name = export_and_register(
+        SyntheticSpec(num_images=3, height=96, width=96, seed=5), split="val", name="synthetic_cityscapes_test_val"
+    )
     cfg_args = Args(BASELINE, TINY + ["DATASETS.TEST", f"('{name}',)", "OUTPUT_DIR", str(tmp_path / "o")])
     cfg = build_cfg(cfg_args)
     model = Trainer.build_model(cfg)
@@ -81,8 +92,23 @@ def test_eval_cityscapes_instance_evaluator_on_export(tmp_path, datasets_dir, mo
 
 def test_two_processes_on_cpu(tmp_path, datasets_dir):
     out = tmp_path / "ddp"
-    cmd = [PY, os.path.join(ROOT, "train_net.py"), "--num-gpus", "2", "--config-file", BASELINE, *TINY,
-           "SOLVER.MAX_ITER", "2", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "OUTPUT_DIR", str(out)]
+    cmd = [
+        PY,
+        os.path.join(ROOT, "train_net.py"),
+        "--num-gpus",
+        "2",
+        "--config-file",
+        BASELINE,
+        *TINY,
+        "SOLVER.MAX_ITER",
+        "2",
+        "TEST.EVAL_PERIOD",
+        "0",
+        "DATASETS.TEST",
+        "()",
+        "OUTPUT_DIR",
+        str(out),
+    ]
     p = subprocess.run(cmd, env=_env(datasets_dir), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert (out / "model_final.pth").is_file()
@@ -97,11 +123,23 @@ def _last_checkpoint(out):
 
 def test_resume_after_kill(tmp_path, datasets_dir):
     out = tmp_path / "resume"
-    opts = [*TINY, "SOLVER.MAX_ITER", "8", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "0",
-            "DATASETS.TEST", "()", "OUTPUT_DIR", str(out)]
+    opts = [
+        *TINY,
+        "SOLVER.MAX_ITER",
+        "8",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "2",
+        "TEST.EVAL_PERIOD",
+        "0",
+        "DATASETS.TEST",
+        "()",
+        "OUTPUT_DIR",
+        str(out),
+    ]
     cmd = [PY, os.path.join(ROOT, "train_net.py"), "--config-file", BASELINE, *opts]
-    p = subprocess.Popen(cmd, env=_env(datasets_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        cmd, env=_env(datasets_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline and _last_checkpoint(out) not in ("model_0000003.pth", "model_0000005.pth"):
@@ -113,7 +151,7 @@ def test_resume_after_kill(tmp_path, datasets_dir):
     finally:
         p.wait()
     assert not (out / "model_final.pth").exists()
-    ckpt_iter = int(killed_at[len("model_"):-len(".pth")])
+    ckpt_iter = int(killed_at[len("model_") : -len(".pth")])
     saved = torch.load(out / killed_at, map_location="cpu", weights_only=False)
 
     # in process: resume_or_load(resume=True) continues from that checkpoint, weights and iteration
@@ -126,8 +164,9 @@ def test_resume_after_kill(tmp_path, datasets_dir):
     del trainer
 
     # and train_net.py --resume finishes the schedule from there
-    p = subprocess.run(cmd[:2] + ["--resume"] + cmd[2:], env=_env(datasets_dir), capture_output=True,
-                       text=True, timeout=600)
+    p = subprocess.run(
+        cmd[:2] + ["--resume"] + cmd[2:], env=_env(datasets_dir), capture_output=True, text=True, timeout=600
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert f"Starting training from iteration {ckpt_iter + 1}" in p.stderr + p.stdout
     assert (out / "model_final.pth").is_file()
@@ -138,8 +177,9 @@ def test_resume_after_kill(tmp_path, datasets_dir):
 def _run_cli(args, datasets_dir, extra_env=None):
     env = _env(datasets_dir)
     env.update(extra_env or {})
-    return subprocess.run([PY, os.path.join(ROOT, "train_net.py"), *args], env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [PY, os.path.join(ROOT, "train_net.py"), *args], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def _assert_clear(p, *needles):
@@ -180,8 +220,7 @@ def test_detectron2_missing_is_one_clear_message(tmp_path, datasets_dir):
     shadow = tmp_path / "shadow" / "detectron2"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('No module named detectron2')\n")
-    p = _run_cli(["--config-file", BASELINE], datasets_dir,
-                 {"PYTHONPATH": str(shadow.parent) + os.pathsep + ROOT})
+    p = _run_cli(["--config-file", BASELINE], datasets_dir, {"PYTHONPATH": str(shadow.parent) + os.pathsep + ROOT})
     _assert_clear(p, "detectron2 is not installed", "DETECTRON2_SRC")
 
 
@@ -191,8 +230,9 @@ def test_build_cfg_raises_user_error_in_process():
 
 
 def test_every_config_loads_and_builds():
-    from instseg.config import get_cfg
     from detectron2.modeling import build_model
+
+    from instseg.config import get_cfg
 
     configs = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
     assert len(configs) >= 6
