@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 DETECTRON2_URL ?= git+https://github.com/facebookresearch/detectron2.git
 EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' 2>/dev/null)
 
-.PHONY: train test venv detectron2 require-detectron2 clean
+.PHONY: train test lint format venv detectron2 require-detectron2 clean
 
 $(VENV)/.deps: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,19 @@ test: venv
 	@$(MAKE) --no-print-directory detectron2 || \
 	  echo "make test: continuing without detectron2; the tests that need it are skipped (reasons below)."
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff (lint, import order, format; ruff.toml) on the Python tree and clang-format (.clang-format) on csrc/
+CSRC_FILES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' 2>/dev/null | sort)
+lint: $(VENV)/.deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run --Werror $(CSRC_FILES)
+
+# rewrites the tree the way `make lint` wants it
+format: $(VENV)/.deps
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/clang-format -i $(CSRC_FILES)
 
 clean:
 	rm -rf build output *.egg-info instseg/_C*.so
