@@ -156,3 +156,37 @@ def test_benchmark_inference_dsg_table1_preset_and_weights(tmp_path, capsys, mon
     assert p[1] > p[0] and p[2] > p[1] and p[3] == p[2] and p[4] > p[3] and p[5] == p[4]
     with pytest.raises(SystemExit):
         benchmark_inference.parse_args(["--preset", "dsg_table1", "--weights", "row9=x.pth"])
+
+
+def test_benchmark_ops_json_reports_every_op_with_consistent_ratios(capsys):
+    """tools/benchmark_ops.py at toy sizes: every op reports its times, and each ratio is the quotient of the times
+    it names (the benchmark's arithmetic, not its speed, is what a test can check)."""
+    from tools import benchmark_ops
+
+    small = {
+        "sg-roi-align": dict(
+            batch=1,
+            channels=4,
+            height=16,
+            width=16,
+            rois=8,
+            repeats=1,
+            warmup=0,
+            reference_repeats=1,
+            scaling_repeats=1,
+        ),
+        "corr-crop": dict(n=1, d=4, height=16, width=16, objects=4, repeats=1, warmup=0, scaling_repeats=1),
+        "iou-vote": dict(height=32, width=32, seeds=5, repeats=1, op_repeats=1, warmup=0, scaling_repeats=1),
+    }
+    argv = ["--op", "all", "--json"]
+    for prefix, opts in small.items():
+        for k, v in opts.items():
+            argv += [f"--{prefix}-{k.replace('_', '-')}", str(v)]
+    report = benchmark_ops.main(argv)["ops"]
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{") :])["ops"].keys() == report.keys()
+    sg = report["sg_roi_align"]["cpu"] if "cpu" in report["sg_roi_align"] else report["sg_roi_align"]
+    assert sg["speedup_vs_reference_forward"] == pytest.approx(sg["reference_forward_s"] / sg["op_forward_s"])
+    assert sg["forward_vs_roi_align"] == pytest.approx(sg["op_forward_s"] / sg["roi_align_forward_s"])
+    # the benchmarked op computes what its reference does at these sizes
+    assert report["correlation_crop"]["max_abs_diff_forward"] < 1e-4 and report["iou_vote"]["agree"]

@@ -4,6 +4,8 @@ import statistics
 import time
 from typing import Callable, Dict, Optional, Sequence
 
+import torch
+
 
 def median_time(fn, warmup: int, repeats: int, sync=None) -> float:
     """Median wall time (seconds) of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls.
@@ -72,3 +74,17 @@ def summary_row(scaling: Optional[dict], **ratios: float) -> dict:
     row = dict(scaling or {})
     row.update({f"vs_{k}": v for k, v in ratios.items() if v is not None})
     return row
+
+
+def forward_and_backward(fn, args, grad_args, grad_inputs, grad):
+    """Two closures to time: ``fn(*args)`` without autograd, and ``fn(*grad_args)`` followed by the gradient of
+    ``grad`` with respect to ``grad_inputs`` (tensors among ``grad_args``)."""
+
+    def forward():
+        with torch.no_grad():
+            return fn(*args)
+
+    def forward_backward():
+        return torch.autograd.grad(fn(*grad_args), grad_inputs, grad)
+
+    return forward, forward_backward

@@ -14,7 +14,7 @@ least 3x faster than the reference and at most half its peak memory.
 
 import torch
 
-from tools.bench.common import median_time, summary_row, thread_counts, thread_scaling
+from tools.bench.common import forward_and_backward, median_time, summary_row, thread_counts, thread_scaling
 
 DEFAULTS = dict(
     n=2,
@@ -103,14 +103,9 @@ def _measure(inputs, grad, warmup, repeats, device):
     peak = _peak_cuda_bytes if device.type == "cuda" else _peak_cpu_bytes
     res = {}
     for name, fn in (("op", correlation_crop), ("reference", correlation_crop_reference)):
-
-        def forward(fn=fn):
-            with torch.no_grad():
-                return fn(pixel, obj, batch, boxes)
-
-        def forward_backward(fn=fn):
-            out = fn(pixel_g, obj_g, batch, boxes)
-            return torch.autograd.grad(out, (pixel_g, obj_g), grad)
+        forward, forward_backward = forward_and_backward(
+            fn, (pixel, obj, batch, boxes), (pixel_g, obj_g, batch, boxes), (pixel_g, obj_g), grad
+        )
 
         res[f"{name}_forward_s"] = median_time(forward, warmup, repeats, sync)
         res[f"{name}_forward_backward_s"] = median_time(forward_backward, warmup, repeats, sync)

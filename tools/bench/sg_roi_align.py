@@ -14,7 +14,7 @@ import argparse
 import torch
 import torchvision
 
-from tools.bench.common import median_time, summary_row, thread_counts, thread_scaling
+from tools.bench.common import forward_and_backward, median_time, summary_row, thread_counts, thread_scaling
 
 FWD_BWD_GOAL = 1.5  # sg_roi_align forward+backward / roi_align forward+backward
 
@@ -66,29 +66,16 @@ def _measure(a, device: torch.device) -> dict:
     xg, pg = x.clone().requires_grad_(), probs.clone().requires_grad_()
     size, scale, ratio, aligned = a.output_size, a.spatial_scale, a.sampling_ratio, not a.not_aligned
 
-    def sg_fwd():
-        with torch.no_grad():
-            sg_roi_align(x, rois, probs, size, scale, ratio, aligned)
+    def guided(op):
+        return forward_and_backward(
+            lambda *t: op(*t, size, scale, ratio, aligned), (x, rois, probs), (xg, rois, pg), (xg, pg), grad
+        )
 
-    def sg_fwd_bwd():
-        out = sg_roi_align(xg, rois, pg, size, scale, ratio, aligned)
-        torch.autograd.grad(out, (xg, pg), grad)
-
-    def ref_fwd():
-        with torch.no_grad():
-            sg_roi_align_reference(x, rois, probs, size, scale, ratio, aligned)
-
-    def ref_fwd_bwd():
-        out = sg_roi_align_reference(xg, rois, pg, size, scale, ratio, aligned)
-        torch.autograd.grad(out, (xg, pg), grad)
-
-    def tv_fwd():
-        with torch.no_grad():
-            torchvision.ops.roi_align(x, rois, size, scale, ratio, aligned)
-
-    def tv_fwd_bwd():
-        out = torchvision.ops.roi_align(xg, rois, size, scale, ratio, aligned)
-        torch.autograd.grad(out, (xg,), grad)
+    sg_fwd, sg_fwd_bwd = guided(sg_roi_align)
+    ref_fwd, ref_fwd_bwd = guided(sg_roi_align_reference)
+    tv_fwd, tv_fwd_bwd = forward_and_backward(
+        lambda *t: torchvision.ops.roi_align(*t, size, scale, ratio, aligned), (x, rois), (xg, rois), (xg,), grad
+    )
 
     warm, rep = a.warmup + (2 if device.type == "cuda" else 0), a.repeats
     t = {
