@@ -20,8 +20,8 @@ from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The method packages that ship: the one list of them (instseg finds them through the entry points below and
-# imports each, which registers what it adds; see instseg/registry.py). MaskPlus joins when its package lands.
-METHOD_PACKAGES = ["maskpoint", "dsg", "rdsnet", "casnet"]
+# imports each, which registers what it adds; see instseg/registry.py).
+METHOD_PACKAGES = ["maskpoint", "maskplus", "dsg", "rdsnet", "casnet"]
 
 
 def _cuda_home_default():

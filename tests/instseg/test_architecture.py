@@ -87,7 +87,7 @@ def test_importing_a_method_registers_its_config_function():
     assert load_methods() == tuple(sorted(METHODS))
     assert {f"add_{m}_config" for m in METHODS} <= {name for name, _ in METHOD_CONFIG_REGISTRY}
     cfg = get_cfg()
-    for node in ("MASK_POINT", "DSG", "RDSNET", "CASNET"):
+    for node in ("MASK_POINT", "MASKPLUS", "DSG", "RDSNET", "CASNET"):
         assert node in cfg.MODEL
 
 
