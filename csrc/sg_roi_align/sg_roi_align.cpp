@@ -26,6 +26,9 @@ void check_inputs(const at::Tensor& input, const at::Tensor& rois, const at::Ten
               probs.sizes());
   TORCH_CHECK(probs.size(1) > 0 && probs.size(2) > 0, "sg_roi_align: probs maps must be non-empty, got ",
               probs.sizes());
+  // a sample in [-1, 0] of an empty map would read element -1: there is nothing to pool from
+  TORCH_CHECK(rois.size(0) == 0 || input.size(1) == 0 || (input.size(2) > 0 && input.size(3) > 0),
+              "sg_roi_align: the feature map must have H > 0 and W > 0 when there are RoIs, got ", input.sizes());
   TORCH_CHECK(pooled_height > 0 && pooled_width > 0, "sg_roi_align: output size must be positive, got (", pooled_height,
               ", ", pooled_width, ")");
   TORCH_CHECK(input.is_floating_point(), "sg_roi_align: input must be floating point, got ", input.scalar_type());

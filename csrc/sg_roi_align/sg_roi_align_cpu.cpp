@@ -558,8 +558,9 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad, const at
                     output_mask[0] ? grad_input.data_ptr<scalar_t>() : nullptr,
                     output_mask[1] ? grad_probs.data_ptr<scalar_t>() : nullptr);
     }
-    if (channels_last && output_mask[0]) {  // (N, H, W, C) -> (N, C, H, W) in the input's memory format
-      grad_input = grad_input.permute({0, 3, 1, 2}).contiguous(input.suggest_memory_format());
+    if (channels_last && output_mask[0]) {  // (N, H, W, C) -> a contiguous (N, C, H, W), as the CUDA kernel and
+      // the fake kernel (dsg/layers/sg_roi_align.py) return it: torch.compile lays the result out by the fake's strides
+      grad_input = grad_input.permute({0, 3, 1, 2}).contiguous();
     }
   });
   return {grad_input, grad_probs};

@@ -576,3 +576,29 @@ def test_dsg_pooler_zero_probs_equals_roipooler_across_fpn_levels(pooler_type):
         sg_pooler(feats, boxes, probs[:-1])
     with pytest.raises(ValueError, match="pooler_type"):
         ShapeGuidedROIPooler(7, scales, 0, "ROIPool")
+
+
+@requires_compiled
+def test_dsg_empty_feature_map_with_rois_is_a_clear_error():
+    """A feature map with H = 0 or W = 0 has nothing to pool: the op refuses it (it used to read element -1)."""
+    rois = torch.tensor([[0.0, 0.0, 0.0, 2.0, 0.2]])
+    for shape in ((1, 3, 0, 4), (1, 3, 4, 0)):
+        with pytest.raises(RuntimeError, match="H > 0 and W > 0"):
+            torch.ops.instseg.sg_roi_align_forward(torch.randn(shape), rois, torch.rand(1, 2, 2), 1.0, 2, 2, 1, True)
+
+
+@requires_compiled
+def test_dsg_channels_last_gradient_has_the_fake_kernels_strides():
+    """The CPU backward's grad_input is contiguous, as the CUDA kernel and the registered fake kernel give it, so
+    torch.compile's layout of the result is the real one."""
+    x = torch.randn(1, 8, 10, 10).to(memory_format=torch.channels_last).requires_grad_()
+    rois = torch.tensor([[0.0, 1.0, 1.0, 8.0, 7.0]])
+    probs = torch.rand(1, 4, 4)
+    out = sg_roi_align(x, rois, probs, 2, 1.0, 2, True)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    fake = torch.ops.instseg.sg_roi_align_backward.default
+    mode = torch._subclasses.fake_tensor.FakeTensorMode()
+    args = [mode.from_tensor(t) for t in (torch.ones_like(out), x.detach(), rois, probs)]
+    with mode:
+        f = fake(*args, 1.0, 2, 2, 2, True, [True, True])[0]
+    assert grad.stride() == f.stride() == x.contiguous().stride()
