@@ -9,6 +9,9 @@ from tests.utils import importorskip_detectron2
 
 importorskip_detectron2()
 
+# benchmark_inference on toy inputs, one timed run
+SMALL_RUN = ["--size", "64", "64", "--repeats", "1", "--warmup", "0", "--detections", "5", "--json"]
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -29,16 +32,7 @@ def test_benchmark_inference_json(capsys):
             "8",
             "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS",
             "9",
-            "--size",
-            "64",
-            "64",
-            "--repeats",
-            "1",
-            "--warmup",
-            "0",
-            "--detections",
-            "5",
-            "--json",
+            *SMALL_RUN,
         ]
     )
     out = json.loads(capsys.readouterr().out)
@@ -68,21 +62,12 @@ def test_benchmark_inference_loads_given_weights(tmp_path):
 
 
 def test_huddled_eval_tool(tmp_path, capsys):
-    from tests.instseg.test_huddled import _segm_dataset
+    from tests.instseg.test_huddled import _segm_dataset, as_results
     from tools import huddled_eval
 
     d = _segm_dataset()
     (tmp_path / "gt.json").write_text(json.dumps(d))
-    res = [
-        {
-            "image_id": a["image_id"],
-            "category_id": a["category_id"],
-            "bbox": a["bbox"],
-            "score": 0.9,
-            "segmentation": a["segmentation"],
-        }
-        for a in d["annotations"]
-    ]
+    res = as_results(d["annotations"])
     (tmp_path / "a.json").write_text(json.dumps(res[:1]))
     (tmp_path / "b.json").write_text(json.dumps(res))
     rows = huddled_eval.main(
@@ -136,16 +121,7 @@ def test_benchmark_inference_dsg_table1_preset_and_weights(tmp_path, capsys, mon
             "dsg_table1",
             "--weights",
             f"row2={tmp_path / 'row2.pth'}",
-            "--size",
-            "64",
-            "64",
-            "--repeats",
-            "1",
-            "--warmup",
-            "0",
-            "--detections",
-            "5",
-            "--json",
+            *SMALL_RUN,
         ]
     )
     out = json.loads(capsys.readouterr().out)["models"]

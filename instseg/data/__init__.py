@@ -19,6 +19,6 @@ if importlib.util.find_spec("detectron2") is not None:
         register_synthetic_from_cfg,
         specs_from_cfg,
     )
-    from .mappers import DATASET_MAPPER_REGISTRY, build_dataset_mapper  # noqa: F401
+    from .mappers import DATASET_MAPPER_REGISTRY, dataset_mapper_class  # noqa: F401
 
     register_all_synthetic()

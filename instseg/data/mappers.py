@@ -31,8 +31,3 @@ def dataset_mapper_class(cfg):
             "A method's mapper is registered when its package is imported."
         )
     return DATASET_MAPPER_REGISTRY.get(name)
-
-
-def build_dataset_mapper(cfg, is_train: bool):
-    """The mapper ``INPUT.DATASET_MAPPER_NAME`` names, built from ``cfg`` for training or inference."""
-    return dataset_mapper_class(cfg)(cfg, is_train)

@@ -66,6 +66,12 @@ def test_dsg_appendix_select_huddled_images(t_o, t_p, expected):
     assert select_huddled_images(_dataset(), t_o, t_p) == expected
 
 
+def as_results(annotations, score=0.9):
+    """COCO results that are exactly the given ground-truth annotations, all with one score."""
+    keys = ("image_id", "category_id", "bbox", "segmentation")
+    return [dict({k: a[k] for k in keys}, score=score) for a in annotations]
+
+
 def _segm_dataset():
     from pycocotools import mask as mask_util
 
@@ -92,17 +98,7 @@ def test_dsg_appendix_ap_is_the_mean_over_instances_not_classes():
     d = _segm_dataset()
     gt = _coco(d)
     # class 1 (2 instances): both found exactly -> AP 100; class 2 (1 instance): missed -> AP 0
-    res = [
-        {
-            "image_id": a["image_id"],
-            "category_id": a["category_id"],
-            "bbox": a["bbox"],
-            "score": 0.9,
-            "segmentation": a["segmentation"],
-        }
-        for a in d["annotations"]
-        if a["category_id"] == 1
-    ]
+    res = as_results([a for a in d["annotations"] if a["category_id"] == 1])
     for iou_type in ("bbox", "segm"):
         ap = instance_mean_ap(gt, res, iou_type, [1, 2])
         assert ap == pytest.approx(100.0 * 2 / 3)  # the class mean would be 50
@@ -113,16 +109,7 @@ def test_dsg_appendix_ap_is_the_mean_over_instances_not_classes():
 
 def test_dsg_appendix_grid_compares_two_models():
     d = _segm_dataset()
-    good = [
-        {
-            "image_id": a["image_id"],
-            "category_id": a["category_id"],
-            "bbox": a["bbox"],
-            "score": 0.9,
-            "segmentation": a["segmentation"],
-        }
-        for a in d["annotations"]
-    ]
+    good = as_results(d["annotations"])
     rows = huddled_grid(d, {"A": good[:2], "B": good}, thresholds=(0.0,))
     assert [(r["t_o"], r["t_p"], r["images"]) for r in rows] == [(-1.0, 0.0, 2), (0.0, 0.0, 0)]
     # A misses one of class 1's two instances: recall 0.5 at precision 1 is AP 51/101 on COCO's 101-point
@@ -165,16 +152,7 @@ def test_dsg_appendix_all_row_keeps_images_without_instances_and_their_false_pos
         "annotations": anns,
         "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
     }
-    exact = [
-        {
-            "image_id": a["image_id"],
-            "category_id": a["category_id"],
-            "bbox": a["bbox"],
-            "score": 0.9,
-            "segmentation": a["segmentation"],
-        }
-        for a in anns
-    ]
+    exact = as_results(anns)
     # model "fp" also fires, more confidently, on the empty image 3: a class-1 false positive
     fp = exact + [
         {"image_id": 3, "category_id": 1, "bbox": [2, 2, 6, 6], "score": 0.95, "segmentation": _rect_rle(2, 2, 6, 6)}
