@@ -1,0 +1,78 @@
+"""Every shipped config (not the Base-* files) builds and trains a step on small images, with class-agnostic and
+class-specific mask heads alike, and predicts standard Instances."""
+
+import glob
+import os
+
+import pytest
+import torch
+
+from tests.utils import importorskip_detectron2, synthetic_batch
+
+importorskip_detectron2()
+
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+
+from instseg.config import get_cfg  # noqa: E402
+from tools.benchmark_inference import calibrate_frozen_bn  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(
+    os.path.relpath(p, os.path.join(ROOT, "configs"))
+    for p in glob.glob(os.path.join(ROOT, "configs", "*", "*.yaml"))
+    if not os.path.basename(p).startswith("Base-")
+)
+SMALL = [
+    "MODEL.WEIGHTS",
+    "",
+    "MODEL.DEVICE",
+    "cpu",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(96,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "96",
+    "INPUT.MIN_SIZE_TEST",
+    "96",
+    "INPUT.MAX_SIZE_TEST",
+    "96",
+]
+
+
+def _with_targets(batch, cfg):
+    if cfg.MODEL.ROI_HEADS.NAME == "MaskPointROIHeads":  # contour points, as its data-loader mapper gives them
+        from maskpoint.modeling import contour_keypoints
+
+        mp = cfg.MODEL.MASK_POINT
+        for d in batch:
+            inst = d["instances"]
+            inst.gt_keypoints = contour_keypoints(
+                inst.gt_masks, inst.image_size, mp.NUM_POINTS, mp.SAMPLING, mp.WITH_CENTER, mp.CENTER
+            )
+    return batch
+
+
+@pytest.mark.parametrize("cls_agnostic", [True, False], ids=["agnostic_mask", "class_mask"])
+@pytest.mark.parametrize("name", CONFIGS)
+def test_shipped_config_builds_trains_a_step_and_predicts(name, cls_agnostic):
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(ROOT, "configs", name))
+    cfg.merge_from_list(SMALL + ["MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", str(cls_agnostic)])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    images = [{k: v for k, v in d.items() if k != "instances"} for d in synthetic_batch(1, empty=())]
+    # random weights behind FrozenBN blow the activations up (pretrained statistics would not): normalise them on
+    # the image, as the inference benchmark does; predict before the step, whose BN statistics come from 2 images
+    calibrate_frozen_bn(model, images)
+    with torch.no_grad():
+        out = model(images)
+    fields = set(out[0]["instances"].get_fields())
+    assert {"pred_boxes", "scores", "pred_classes"} <= fields
+    assert ("pred_masks" in fields) == cfg.MODEL.MASK_ON
+    model.train()
+    with EventStorage(0):
+        losses = model(_with_targets(synthetic_batch(2, empty=(1,)), cfg))
+    assert losses and all(torch.isfinite(v) for v in losses.values())
+    mask_losses = [k for k in losses if k.startswith("loss_mask")]
+    assert bool(mask_losses) == cfg.MODEL.MASK_ON
+    sum(losses.values()).backward()
