@@ -36,6 +36,15 @@ SMALL = [
     "96",
     "INPUT.MAX_SIZE_TEST",
     "96",
+    # few RoIs and detections: the mask heads' cost grows with them, and one step proves the wiring as well
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+    "64",
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "32",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "32",
+    "TEST.DETECTIONS_PER_IMAGE",
+    "8",
 ]
 
 

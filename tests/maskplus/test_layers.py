@@ -94,3 +94,39 @@ def test_sec32_deconv_pyramid_adds_at_matching_scales():
     torch.testing.assert_close(out, F.relu(seen["down2"][1]) + x)
     out.sum().backward()
     assert all(getattr(p, n).weight.grad.abs().sum() > 0 for n in ("up1", "up2", "down1", "down2"))
+
+
+def test_sec31_contextual_fusion_adds_each_images_context_to_its_rois():
+    """Sec. 3.1 / Table 1: 3x3 stride-1 convs (ReLU between, none after the last) on each image's context map, the
+    result added to every RoI of that image; two images, 3 and 1 RoIs, checked by hand with F.conv2d."""
+    from maskplus.layers import ContextualFusion
+
+    fusion = _randomise(ContextualFusion(4, [6, 5, 4]).double())
+    convs = [m for m in fusion.convs if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (4, 6, (3, 3), (1, 1)),
+        (6, 5, (3, 3), (1, 1)),
+        (5, 4, (3, 3), (1, 1)),
+    ]
+    context = torch.randn(2, 4, 7, 7, dtype=torch.float64)
+    rois = torch.randn(4, 4, 7, 7, dtype=torch.float64)
+    h = context
+    for i, c in enumerate(convs):
+        h = F.conv2d(h, c.weight, c.bias, padding=1)
+        if i < len(convs) - 1:
+            h = F.relu(h)
+    expected = rois + torch.stack([h[0], h[0], h[0], h[1]])
+    torch.testing.assert_close(fusion(rois, context, [3, 1]), expected)
+    # an image without RoIs takes nothing; no RoI at all gives an empty batch
+    torch.testing.assert_close(fusion(rois, context, [0, 4]), rois + h[1])
+    assert fusion(rois[:0], context, [0, 0]).shape == (0, 4, 7, 7)
+
+
+def test_sec31_contextual_fusion_refuses_widths_that_cannot_be_added():
+    from maskplus.layers import ContextualFusion
+
+    with pytest.raises(ValueError, match="the last conv must have their 256 channels"):
+        ContextualFusion(256, [720, 512, 512])
+    fusion = ContextualFusion(4, [4])
+    with pytest.raises(ValueError, match="2 context maps and 1 images"):
+        fusion(torch.zeros(3, 4, 7, 7), torch.zeros(2, 4, 7, 7), [3])
