@@ -166,3 +166,23 @@ def test_benchmark_ops_json_reports_every_op_with_consistent_ratios(capsys):
     assert sg["forward_vs_roi_align"] == pytest.approx(sg["op_forward_s"] / sg["roi_align_forward_s"])
     # the benchmarked op computes what its reference does at these sizes
     assert report["correlation_crop"]["max_abs_diff_forward"] < 1e-4 and report["iou_vote"]["agree"]
+
+
+def test_benchmark_inference_counts_what_runs_and_the_mask_head_macs(capsys):
+    """MaskPlus's rows on the synthetic recipe: the quasi-multitask branch adds parameters that never run (Sec. 3.4:
+    no test-time cost), and the deconvolutional pyramid adds, per RoI at 14x14 with C = 64 channels, two 2x2 stride-2
+    deconvs (14->28->56) and two 3x3 stride-2 convs (56->28->14): C^2 (14^2*4 + 28^2*4 + 28^2*9 + 14^2*9) MACs."""
+    from maskplus.config import table_opts
+    from tools import benchmark_inference
+
+    syn = os.path.join(ROOT, "configs", "MaskPlus", "maskplus_R_18_FPN_synthetic.yaml")
+    models = [("base", "mask_rcnn"), ("quasi", "table4_quasi_half"), ("pyramid", "table2_deconv_pyramid")]
+    argv = [x for name, row in models for x in ("--model", name, syn, *table_opts(row))]
+    benchmark_inference.main(argv + SMALL_RUN)
+    out = json.loads(capsys.readouterr().out)["models"]
+    base, quasi, pyramid = out["base"], out["quasi"], out["pyramid"]
+    assert base["params_run"] == base["params"]
+    assert quasi["params"] > base["params"] and quasi["params_run"] == base["params_run"]
+    assert quasi["mask_head_gmac_per_roi"] == base["mask_head_gmac_per_roi"]
+    macs = 64 * 64 * (14**2 * 4 + 28**2 * 4 + 28**2 * 9 + 14**2 * 9)
+    assert pyramid["mask_head_gmac_per_roi"] - base["mask_head_gmac_per_roi"] == pytest.approx(macs / 1e9)

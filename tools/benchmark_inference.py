@@ -4,13 +4,16 @@
     python tools/benchmark_inference.py --preset maskpoint --json   # Mask Point / Mask R-CNN, / FUSION=none
     python tools/benchmark_inference.py --preset dsg                 # DSG, DSG light / Mask R-CNN (+ params)
     python tools/benchmark_inference.py --preset dsg_table1 --size 256 256 --threads 1   # Table 1 rows, synthetic
+    python tools/benchmark_inference.py --preset maskplus            # each MaskPlus technique alone, MaskPlus
     python tools/benchmark_inference.py --model a configs/A.yaml --model b configs/B.yaml KEY VALUE
 
 Models are built from their configs (random weights: nothing is downloaded, unless a model's overrides
 give MODEL.WEIGHTS) and run on the same random image. So that every model runs its per-detection heads on
 the same number of RoIs, the box head keeps exactly ``--detections`` detections per image (score threshold
 0). The models are timed in turns (a, b, c, a, b, c, ...) and each one's median is reported; ratios are
-against the first model.
+against the first model. Also reported: the parameters of the modules that run at inference (``params_run``: a
+training-only branch does not count), and the GMAC of the mask head per RoI (fvcore's count, one MAC per
+multiply-add) where the mask head is a ``MaskRCNNConvUpsampleHead``.
 """
 
 import argparse
@@ -24,9 +27,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dsg.config import TABLE1_ROWS, table1_opts  # noqa: E402
+from maskplus.config import table_opts  # noqa: E402
 
 MP = "configs/MaskPoint/mask_point_rcnn_R_50_FPN_1x.yaml"
 SYN_DSG = "configs/DSG/dsg_R_18_FPN_synthetic.yaml"
+MP1X = "configs/MaskPlus/maskplus_R_50_FPN_1x.yaml"
 
 PRESETS = {
     "maskpoint": [
@@ -53,6 +58,16 @@ PRESETS = {
         ["row0_mask_rcnn", "configs/Baselines/mask_rcnn_R_18_FPN_synthetic.yaml"],
         *[[f"row{i}", SYN_DSG, *table1_opts(i)] for i in range(1, len(TABLE1_ROWS))],
         ["dsg_light", "configs/DSG/dsg_light_R_18_FPN_synthetic.yaml"],
+    ],
+    # MaskPlus's techniques one at a time on its COCO recipe, then all (the paper's final MaskPlus), against the
+    # same recipe with every technique off (Mask R-CNN)
+    "maskplus": [
+        ["mask_rcnn", MP1X, *table_opts("mask_rcnn")],
+        ["quasi_multitask", MP1X, *table_opts("table4_quasi_half")],
+        ["context_fusion", MP1X, *table_opts("context_fusion")],
+        ["improved_refinement", MP1X, *table_opts("table3_improved_refinement")],
+        ["deconv_pyramid", MP1X, *table_opts("table2_deconv_pyramid")],
+        ["maskplus", MP1X, *table_opts("maskplus")],
     ],
 }
 
@@ -131,6 +146,49 @@ def build(spec, detections):
     return name, model, sum(p.numel() for p in model.parameters())
 
 
+def params_run(model, inputs):
+    """The parameters of the modules that run on ``inputs`` (each module's own parameters, counted once)."""
+    import torch
+
+    ran = set()
+    handles = [
+        m.register_forward_pre_hook(lambda mod, args: ran.add(mod))
+        for m in model.modules()
+        if any(True for _ in m.parameters(recurse=False))
+    ]
+    with torch.no_grad():
+        model(inputs)
+    for h in handles:
+        h.remove()
+    return sum(p.numel() for m in ran for p in m.parameters(recurse=False))
+
+
+def mask_head_gmac_per_roi(model):
+    """GMAC of the mask head on one RoI (its eval-time ``layers``), or None for other kinds of mask head."""
+    import torch
+    from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead
+    from fvcore.nn import FlopCountAnalysis
+
+    head = getattr(getattr(model, "roi_heads", None), "mask_head", None)
+    if not isinstance(head, MaskRCNNConvUpsampleHead):
+        return None
+    pooler = model.roi_heads.mask_pooler
+    channels = head.conv_norm_relus[0].in_channels if head.conv_norm_relus else head.deconv.in_channels
+    x = torch.zeros(1, channels, *pooler.output_size)
+
+    class Layers(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = head
+
+        def forward(self, x):
+            return self.head.layers(x)
+
+    counter = FlopCountAnalysis(Layers().eval(), (x,))
+    counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    return counter.total() / 1e9
+
+
 def calibrate_frozen_bn(model, inputs):
     """Random weights behind FrozenBatchNorm (identity statistics) make activations grow by orders of magnitude
     over 50 layers: the RPN then keeps a handful of degenerate proposals and the box head one detection, which
@@ -169,6 +227,8 @@ def main(argv=None):
     for _, model, _ in models:
         if not model.trained:
             calibrate_frozen_bn(model, inputs)
+    run_params = {name: params_run(model, inputs) for name, model, _ in models}
+    gmac = {name: mask_head_gmac_per_roi(model) for name, model, _ in models}
     times = {name: [] for name, _, _ in models}
     detections = {}
     with torch.no_grad():
@@ -194,6 +254,8 @@ def main(argv=None):
                 "ratio_to_" + base: med[name] / med[base],
                 "params": params,
                 "params_delta_M": (params - models[0][2]) / 1e6,
+                "params_run": run_params[name],
+                "mask_head_gmac_per_roi": gmac[name],
                 "detections": detections[name],
                 "config": spec[1],
                 "opts": spec[2:],
@@ -208,7 +270,13 @@ def main(argv=None):
         for name, r in result["models"].items():
             print(
                 f"  {name:28s} {r['seconds']:8.3f} s  x{r['ratio_to_' + base]:.3f} vs {base}  "
-                f"params {r['params'] / 1e6:.2f}M ({r['params_delta_M']:+.2f}M)  detections {r['detections']}"
+                f"params {r['params'] / 1e6:.2f}M ({r['params_delta_M']:+.2f}M, run {r['params_run'] / 1e6:.2f}M)  "
+                f"detections {r['detections']}"
+                + (
+                    ""
+                    if r["mask_head_gmac_per_roi"] is None
+                    else f"  mask head {r['mask_head_gmac_per_roi']:.3f} GMAC/RoI"
+                )
             )
     return result
 
