@@ -94,9 +94,35 @@ def check_maskplus_config(cfg) -> None:
         raise ValueError("MODEL.MASKPLUS.CONTEXT_FUSION_ON adds to the pooled mask features: set a POOLER_TYPE")
 
 
+def _maskplus_kwargs(kwargs):
+    """Pop ``MaskPlusMixin._set_maskplus``'s arguments (defaults: contextual fusion and biased training off)."""
+    defaults = {"context_pooler": None, "context_fusion": None, "context_feature": "p2", "biased_alpha": 1.0}
+    return [kwargs.pop(k, v) for k, v in {**defaults, "biased_until": 0}.items()]
+
+
 class MaskPlusMixin:
     """The mask branch of MaskPlus's ROI heads: contextual fusion before the mask head, alpha on its losses.
-    Mixed into a ``StandardROIHeads`` subclass (it overrides ``_forward_mask``)."""
+    Mixed in before a ``StandardROIHeads`` subclass (it overrides ``_forward_mask``)."""
+
+    @configurable
+    def __init__(self, **kwargs):
+        """
+        Args:
+            context_pooler (ROIPooler or None): the full-image RoIAlign of contextual fusion (None: off).
+            context_fusion (ContextualFusion or None): its conv stack.
+            context_feature (str): the feature map it pools (``CONTEXT_IN_FEATURE``).
+            biased_alpha (float), biased_until (int): alpha of Sec. 3.5 and the iteration it becomes 1.
+            kwargs: the arguments of the ROI heads it is mixed into.
+        """
+        maskplus = _maskplus_kwargs(kwargs)
+        super().__init__(**kwargs)
+        self._set_maskplus(*maskplus)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret.update(cls._init_maskplus(cfg, input_shape))
+        return ret
 
     def _set_maskplus(self, context_pooler, context_fusion, context_feature, alpha, until_iter):
         self.context_pooler = context_pooler
@@ -166,51 +192,12 @@ class MaskPlusMixin:
         return out
 
 
-def _maskplus_kwargs(kwargs):
-    """Pop ``MaskPlusMixin._set_maskplus``'s arguments (defaults: contextual fusion and biased training off)."""
-    defaults = {"context_pooler": None, "context_fusion": None, "context_feature": "p2", "biased_alpha": 1.0}
-    return [kwargs.pop(k, v) for k, v in {**defaults, "biased_until": 0}.items()]
-
-
 @ROI_HEADS_REGISTRY.register()
 class MaskPlusROIHeads(MaskPlusMixin, StandardROIHeads):
     """Mask R-CNN's ``StandardROIHeads`` with MaskPlus's contextual fusion and biased training (``MODEL.MASKPLUS``);
     the other three techniques are in the mask head, ``MaskPlusMaskHead``."""
 
-    @configurable
-    def __init__(self, **kwargs):
-        """
-        Args:
-            context_pooler (ROIPooler or None): the full-image RoIAlign of contextual fusion (None: off).
-            context_fusion (ContextualFusion or None): its conv stack.
-            context_feature (str): the feature map it pools (``CONTEXT_IN_FEATURE``).
-            biased_alpha (float), biased_until (int): alpha of Sec. 3.5 and the iteration it becomes 1.
-            kwargs: the arguments of ``StandardROIHeads``.
-        """
-        maskplus = _maskplus_kwargs(kwargs)
-        super().__init__(**kwargs)
-        self._set_maskplus(*maskplus)
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        ret.update(cls._init_maskplus(cfg, input_shape))
-        return ret
-
 
 @ROI_HEADS_REGISTRY.register()
 class MaskPlusCascadeROIHeads(MaskPlusMixin, CascadeROIHeads):
     """MaskPlus+ (Sec. 4.9): detectron2's ``CascadeROIHeads`` (Cascade Mask R-CNN) with MaskPlus's mask branch."""
-
-    @configurable
-    def __init__(self, **kwargs):
-        """Args: those of ``MaskPlusROIHeads``, with ``CascadeROIHeads``'s instead of ``StandardROIHeads``'s."""
-        maskplus = _maskplus_kwargs(kwargs)
-        super().__init__(**kwargs)
-        self._set_maskplus(*maskplus)
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        ret.update(cls._init_maskplus(cfg, input_shape))
-        return ret

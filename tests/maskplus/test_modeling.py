@@ -319,3 +319,24 @@ def test_inference_with_no_detection_returns_empty_instances():
     with torch.no_grad():
         out = model(_images(synthetic_batch(1, empty=())))
     assert len(out[0]["instances"]) == 0 and out[0]["instances"].pred_masks.shape[0] == 0
+
+
+def test_train_net_trains_then_eval_only_and_default_predictor(tmp_path, datasets_dir):
+    """MaskPlus through detectron2's tools: train_net.py trains (all five techniques), --eval-only evaluates the
+    checkpoint with the COCO evaluator, and DefaultPredictor predicts masks from it."""
+    import numpy as np
+    from detectron2.engine import DefaultPredictor
+
+    import train_net
+
+    out = tmp_path / "out"
+    opts = [*TINY, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(out)]
+    res = train_net.run(["--config-file", SYN, *opts])
+    assert {"bbox", "segm"} <= set(res)
+    weights = str(out / "model_final.pth")
+    res2 = train_net.run(["--config-file", SYN, "--eval-only", *opts, "MODEL.WEIGHTS", weights])
+    assert res2["segm"]["AP"] == pytest.approx(res["segm"]["AP"])
+    cfg = _cfg(SYN, [*TINY, "MODEL.WEIGHTS", weights])
+    image = synthetic_batch(1, empty=())[0]["image"].permute(1, 2, 0).numpy()[:, :, ::-1]  # BGR, HWC
+    inst = DefaultPredictor(cfg)(np.ascontiguousarray(image))["instances"]
+    assert len(inst) > 0 and inst.pred_masks.shape[1:] == (96, 96)
