@@ -1,7 +1,8 @@
 """RDSNet (``papers/rdsnet.txt``: object stream + pixel stream, correlation + cropping) as a detectron2 extension.
 
-``rdsnet.layers`` (the correlation + cropping op) needs only torch. Importing the package registers
-``add_rdsnet_config``; its detectron2 model (``rdsnet.modeling``) arrives with its issue.
+``rdsnet.layers`` (the correlation + cropping op, box expansion, the OHEM mask loss, MBRM) needs only torch. Importing
+the package registers ``add_rdsnet_config``; its detectron2 model (``rdsnet.modeling``) arrives with issue 15's next
+slice.
 """
 
 from instseg.registry import METHOD_CONFIG_REGISTRY
