@@ -51,4 +51,5 @@ class ContextualFusion(nn.Module):
             )
         # no early return for R = 0: the convs stay in the graph (zero gradients), as DDP expects every parameter
         repeats = torch.as_tensor(list(rois_per_image), device=context.device)
-        return roi_features + self.convs(context).repeat_interleave(repeats, dim=0)
+        added = self.convs(context).repeat_interleave(repeats, dim=0, output_size=roi_features.shape[0])  # no sync
+        return roi_features + added

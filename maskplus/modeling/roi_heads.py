@@ -40,7 +40,7 @@ def switch_iteration(until: float, max_iter: int) -> int:
             f"MODEL.MASKPLUS.BIASED_UNTIL must be a fraction of SOLVER.MAX_ITER in [0, 1] (0.5: the paper's first "
             f"half), got {until}"
         )
-    return int(round(until * max_iter))
+    return int(until * max_iter)  # floor: with an odd MAX_ITER the biased part is the shorter one
 
 
 def biased_alpha(iteration: int, alpha: float, until_iter: int) -> float:

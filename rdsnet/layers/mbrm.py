@@ -79,7 +79,8 @@ class MBRM(nn.Module):
         for side, (prof, mu, extent, mirrored) in enumerate(specs):
             kernel, bias = self._kernel(side)
             x = prof.flip(1) if mirrored else prof
-            logits = F.conv1d(x[:, None], kernel.view(1, 1, -1).to(x.dtype), bias.view(1).to(x.dtype), padding=self.s)[:, 0]
+            weight = kernel.view(1, 1, -1).to(x.dtype)
+            logits = F.conv1d(x[:, None], weight, bias.view(1).to(x.dtype), padding=self.s)[:, 0]
             if mirrored:
                 logits = logits.flip(1)
             n = prof.shape[1]

@@ -105,4 +105,5 @@ def test_synthetic_configs_are_make_trains_recipe_plus_maskplus():
         _cfg("Baselines/cascade_mask_rcnn_R_18_FPN_synthetic.yaml"),
     )
     assert plus.SOLVER == cascade.SOLVER and plus.SOLVER.MAX_ITER == 1.5 * base.SOLVER.MAX_ITER
-    assert cascade.MODEL.ROI_HEADS.NAME == "CascadeROIHeads"
+    assert cascade.MODEL.ROI_HEADS.NAME == "CascadeROIHeads" and plus.MODEL.ROI_HEADS.NAME == "MaskPlusCascadeROIHeads"
+    assert _switches(plus) == _switches(mp) and plus.MODEL.MASKPLUS == mp.MODEL.MASKPLUS

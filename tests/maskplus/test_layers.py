@@ -22,7 +22,7 @@ def _randomise(module, seed=0):
     return module
 
 
-def test_sec43_original_boundary_refinement_is_peng_residual_block():
+def test_sec33_original_boundary_refinement_is_peng_residual_block():
     """Table 3 "original": x + conv3x3(ReLU(conv3x3(x))), no normalisation, as wide as the logits."""
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     br = _randomise(OriginalBoundaryRefinement(3).double())

@@ -17,8 +17,15 @@ from torchvision.ops import roi_align  # noqa: E402
 
 from instseg.config import get_cfg  # noqa: E402
 from instseg.registry import load_methods  # noqa: E402
-from maskplus.config import TABLE_ROWS, table_opts, table_values  # noqa: E402
-from maskplus.modeling import QUASI_LOSS, biased_alpha, switch_iteration  # noqa: E402
+from maskplus.config import TABLE_ROWS, table_opts  # noqa: E402
+from maskplus.layers import ImprovedBoundaryRefinement, OriginalBoundaryRefinement  # noqa: E402
+from maskplus.modeling import (  # noqa: E402
+    QUASI_LOSS,
+    MaskPlusCascadeROIHeads,
+    MaskPlusROIHeads,
+    biased_alpha,
+    switch_iteration,
+)
 
 load_methods()
 
@@ -56,13 +63,30 @@ def test_tables_1_to_6_every_row_trains_with_empty_images_and_predicts(row):
     with an image without instances, one with a batch without any instance, then prediction."""
     path, opts = (SYN_PLUS, []) if row == "maskplus_plus" else (SYN, _row_opts(row))
     model = _model(path, opts)
+    values = {**_cfg(path, opts).MODEL.MASKPLUS}
+    heads, head = model.roi_heads, model.roi_heads.mask_head
+    # the row's switches reach the modules they build
+    assert isinstance(heads, MaskPlusCascadeROIHeads if row == "maskplus_plus" else MaskPlusROIHeads)
+    assert (heads.context_fusion is not None) == values["CONTEXT_FUSION_ON"]
+    if values["CONTEXT_FUSION_ON"]:
+        convs = [m for m in heads.context_fusion.convs if isinstance(m, torch.nn.Conv2d)]
+        assert [c.out_channels for c in convs] == list(values["CONTEXT_CONV_DIMS"])
+    assert (head.pyramid is not None) == values["DECONV_PYRAMID_ON"]
+    refinement = {"none": type(None), "original": OriginalBoundaryRefinement, "improved": ImprovedBoundaryRefinement}
+    assert type(head.refinement) is refinement[values["BOUNDARY_REFINEMENT"]]
+    assert (head.quasi is not None) == (values["QUASI_MULTITASK"] != "none")
+    assert heads.biased_alpha == values["BIASED_ALPHA"]
     with EventStorage(0):
         for empty in ((1,), (0, 1)):
+            model.zero_grad()
             losses = model(synthetic_batch(2, empty=empty))
             assert all(torch.isfinite(v) for v in losses.values()), losses
             sum(losses.values()).backward()
-    quasi = table_values("maskplus" if row == "maskplus_plus" else row)["QUASI_MULTITASK"] != "none"
-    assert (QUASI_LOSS in losses) == quasi
+            if empty == (1,):  # every technique's parameters learn from the step with instances
+                for module in (heads.context_fusion, head.pyramid, head.refinement, head.quasi):
+                    if module is not None:
+                        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    assert (QUASI_LOSS in losses) == (values["QUASI_MULTITASK"] != "none")
     model.eval()
     with torch.no_grad():
         out = model(_images(synthetic_batch(2, empty=())))
@@ -185,11 +209,10 @@ def test_sec34_quasi_multitask_branch_trains_at_its_scale_and_never_runs_at_infe
     ).float()
     expected = weight * F.binary_cross_entropy_with_logits(seen["logits"][:, 0], targets)
     torch.testing.assert_close(losses[QUASI_LOSS], expected)
-    assert losses[QUASI_LOSS] != losses["loss_mask"]
 
     calls.clear()
     plain = _model(SYN, table_opts("mask_rcnn"))
-    plain.load_state_dict(model.state_dict(), strict=False)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if ".quasi." not in k}, strict=True)
     images = _images(synthetic_batch(2, empty=()))
     model.eval()
     plain.eval()
@@ -340,3 +363,18 @@ def test_train_net_trains_then_eval_only_and_default_predictor(tmp_path, dataset
     image = synthetic_batch(1, empty=())[0]["image"].permute(1, 2, 0).numpy()[:, :, ::-1]  # BGR, HWC
     inst = DefaultPredictor(cfg)(np.ascontiguousarray(image))["instances"]
     assert len(inst) > 0 and inst.pred_masks.shape[1:] == (96, 96)
+
+
+@pytest.mark.parametrize("row", ["table3_original_refinement", "table3_improved_refinement"])
+def test_table3_refinement_refines_the_predictors_logits(row):
+    """Sec. 3.3: the refinement runs on the mask logits: its input is the predictor's output and the head's output is
+    its output (the improved block starts as the identity, so predictions alone could not tell)."""
+    model = _model(SYN, table_opts(row)).eval()
+    head = model.roi_heads.mask_head
+    seen = {}
+    head.predictor.register_forward_hook(lambda m, i, o: seen.update(logits=o))
+    head.refinement.register_forward_hook(lambda m, i, o: seen.update(ref_in=i[0], ref_out=o))
+    x = torch.randn(3, 64, 14, 14)
+    with torch.no_grad():
+        out = head.layers(x)
+    assert seen["ref_in"] is seen["logits"] and out is seen["ref_out"]
