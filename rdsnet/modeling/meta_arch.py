@@ -1,0 +1,349 @@
+"""RDSNet (``papers/rdsnet.txt``) as a detectron2 meta-architecture: ``RetinaNet`` (the object stream) with a
+representation tower, the pixel stream, correlation + cropping (Eq. 1, our ``correlation_crop`` op), the OHEM mask
+loss (Sec. 3.2), masks for the detections after NMS (Sec. 3.4) and the box refinements of Table 4 (MBRM, Sec. 3.3).
+
+Training (Eq. 8): L = L_cls + L_reg + lambda_m L_mask. Only positive anchors feed the mask loss, at most
+``MAX_MASKS_PER_IMAGE`` per image (sampled at random); each one's mask is the correlation of its representation with
+the pixel representations, cropped with its ground-truth box x1.5 (TE) at the pixel stream's stride, against the
+ground-truth mask average-pooled to that stride (>= 0.5). The MBRM stage (``MBRM_STAGE``) freezes everything else
+(parameters and normalisation statistics) and trains MBRM alone with L_refine on the positive anchors' regressed
+boxes and their inference-style masks (cropped with the regressed box x1.2, up-sampled to the input size).
+
+Inference: detectron2's per-level top-k and class-wise NMS, the kept detections carrying their representation
+(``pred_reps``); their masks cropped with the detections x1.2 (IE), up-sampled to the input size for the box refinement
+(``BOX_REFINEMENT``: none / direct / mbrm), then resized to the output size and binarised at ``MASK_THRESHOLD``.
+Full-image masks are up-sampled in chunks of ``MASK_CHUNK`` objects to bound the peak memory.
+
+``MODEL.MASK_ON False`` builds detectron2's RetinaNet unchanged.
+"""
+
+from typing import List
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import batched_nms, cat
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks, pairwise_iou
+from torch.nn import functional as F
+
+from ..layers import MBRM, correlation_crop, expand_boxes, mask_enclosing_boxes, rdsnet_mask_loss
+from .heads import MASK_ASSEMBLIES, PixelStream, RDSNetHead
+
+BOX_REFINEMENTS = ("none", "direct", "mbrm")
+MASK_CHUNK = 16
+
+
+def check_rdsnet_config(cfg) -> None:
+    """Refuse, at build time and with one message, every ``MODEL.RDSNET`` setting that cannot do what it says."""
+    r = cfg.MODEL.RDSNET
+    if r.MASK_ASSEMBLY not in MASK_ASSEMBLIES:
+        raise ValueError(f"MODEL.RDSNET.MASK_ASSEMBLY must be one of {MASK_ASSEMBLIES}, got {r.MASK_ASSEMBLY!r}")
+    if r.BOX_REFINEMENT not in BOX_REFINEMENTS:
+        raise ValueError(f"MODEL.RDSNET.BOX_REFINEMENT must be one of {BOX_REFINEMENTS}, got {r.BOX_REFINEMENT!r}")
+    if not cfg.MODEL.MASK_ON and (r.BOX_REFINEMENT != "none" or r.MBRM_STAGE):
+        raise ValueError(
+            "MODEL.RDSNET.BOX_REFINEMENT / MBRM_STAGE refine boxes with the masks, which MODEL.MASK_ON=False removes "
+            "(RDSNet without masks is RetinaNet): set MODEL.RDSNET.BOX_REFINEMENT none"
+        )
+    if r.MBRM_STAGE and r.BOX_REFINEMENT != "mbrm":
+        raise ValueError("MODEL.RDSNET.MBRM_STAGE trains MBRM: set MODEL.RDSNET.BOX_REFINEMENT mbrm")
+    missing = [f for f in r.PIXEL_IN_FEATURES if f not in cfg.MODEL.RETINANET.IN_FEATURES]
+    if missing:
+        raise ValueError(
+            f"MODEL.RDSNET.PIXEL_IN_FEATURES {missing} must be among MODEL.RETINANET.IN_FEATURES "
+            f"{cfg.MODEL.RETINANET.IN_FEATURES} (the pixel stream reads the object stream's levels)"
+        )
+    if not 0.0 <= r.MASK_THRESHOLD <= 1.0 or r.MAX_MASKS_PER_IMAGE < 1:
+        raise ValueError("MODEL.RDSNET.MASK_THRESHOLD must be in [0, 1] and MAX_MASKS_PER_IMAGE >= 1")
+
+
+def _gt_bitmasks(gt: Instances, padded_size) -> torch.Tensor:
+    """(G, H, W) float ground-truth masks of one image, zero-padded to the batch's padded size."""
+    masks = gt.gt_masks
+    h, w = gt.image_size
+    if isinstance(masks, PolygonMasks):
+        masks = BitMasks.from_polygon_masks(masks, h, w)
+    t = masks.tensor.to(torch.float32)
+    return F.pad(t, (0, padded_size[1] - t.shape[-1], 0, padded_size[0] - t.shape[-2]))
+
+
+@META_ARCH_REGISTRY.register()
+class RDSNet(RetinaNet):
+    """RetinaNet + pixel stream + correlation/cropping + MBRM (``MODEL.RDSNET``). Losses: ``loss_cls``,
+    ``loss_box_reg``, ``loss_mask`` (``loss_refine`` alone in the MBRM stage)."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        mask_on: bool = False,
+        pixel_stream=None,
+        pixel_in_indices=(),
+        mask_assembly: str = "corr",
+        train_expand: float = 1.5,
+        test_expand: float = 1.2,
+        ohem: bool = True,
+        ohem_neg_pos_ratio: float = 1.0,
+        max_masks_per_image: int = 100,
+        mask_loss_weight: float = 1.0,
+        mask_threshold: float = 0.4,
+        box_refinement: str = "none",
+        mbrm=None,
+        mbrm_stage: bool = False,
+        **kwargs,
+    ):
+        """
+        Args:
+            mask_on (bool): the pixel stream and masks; False is RetinaNet.
+            pixel_stream (PixelStream), pixel_in_indices: the pixel stream and the indices, in the head's features,
+                of the levels it reads.
+            mask_assembly: "corr" (Eq. 1) or "lc" (YOLACT's linear combination, Table 3 row 1).
+            train_expand, test_expand (float): crop expansion ratios (1 = no expansion).
+            ohem, ohem_neg_pos_ratio, max_masks_per_image, mask_loss_weight: the mask loss (Sec. 3.2, 3.4).
+            mask_threshold (float): binarisation threshold of the output masks.
+            box_refinement: "none", "direct" or "mbrm" (Table 4); mbrm (MBRM): the module.
+            mbrm_stage (bool): train MBRM alone, everything else frozen.
+            kwargs: the arguments of ``RetinaNet``.
+        """
+        super().__init__(**kwargs)
+        self.mask_on = mask_on
+        self.pixel_stream = pixel_stream
+        self.pixel_in_indices = list(pixel_in_indices)
+        self.mask_assembly = mask_assembly
+        self.train_expand, self.test_expand = train_expand, test_expand
+        self.ohem, self.ohem_neg_pos_ratio = ohem, ohem_neg_pos_ratio
+        self.max_masks_per_image = max_masks_per_image
+        self.mask_loss_weight = mask_loss_weight
+        self.mask_threshold = mask_threshold
+        self.box_refinement = box_refinement
+        self.mbrm = mbrm
+        self.mbrm_stage = mbrm_stage
+        if mbrm_stage:
+            for name, p in self.named_parameters():
+                p.requires_grad_(name.startswith("mbrm."))
+
+    @classmethod
+    def from_config(cls, cfg):
+        check_rdsnet_config(cfg)
+        ret = super().from_config(cfg)
+        if not cfg.MODEL.MASK_ON:
+            return ret
+        r = cfg.MODEL.RDSNET
+        shapes = ret["backbone"].output_shape()
+        in_features = cfg.MODEL.RETINANET.IN_FEATURES
+        ret["head"] = RDSNetHead(cfg, [shapes[f] for f in in_features])
+        ret.update(
+            mask_on=True,
+            pixel_stream=PixelStream(
+                [shapes[f] for f in r.PIXEL_IN_FEATURES], r.PIXEL_CONV_DIM, r.PIXEL_NORM, r.PIXEL_STRIDE, r.REP_DIM
+            ),
+            pixel_in_indices=[in_features.index(f) for f in r.PIXEL_IN_FEATURES],
+            mask_assembly=r.MASK_ASSEMBLY,
+            train_expand=r.CROP_EXPAND_TRAIN if r.TRAIN_EXPAND else 1.0,
+            test_expand=r.CROP_EXPAND_TEST if r.TEST_EXPAND else 1.0,
+            ohem=r.OHEM,
+            ohem_neg_pos_ratio=r.OHEM_NEG_POS_RATIO,
+            max_masks_per_image=r.MAX_MASKS_PER_IMAGE,
+            mask_loss_weight=r.MASK_LOSS_WEIGHT,
+            mask_threshold=r.MASK_THRESHOLD,
+            box_refinement=r.BOX_REFINEMENT,
+            mbrm=MBRM(r.MBRM_S, r.MBRM_GAMMA, r.MBRM_SHARED_KERNEL) if r.BOX_REFINEMENT == "mbrm" else None,
+            mbrm_stage=r.MBRM_STAGE,
+        )
+        return ret
+
+    def train(self, mode: bool = True):
+        """In the MBRM stage only MBRM trains: every other module stays in eval mode (frozen statistics)."""
+        super().train(mode)
+        if mode and self.mbrm_stage:
+            for m in self.children():
+                if m is not self.mbrm:
+                    m.eval()
+        return self
+
+    # ---- the masks -------------------------------------------------------------------------------------------
+    def object_kernels(self, reps: torch.Tensor) -> torch.Tensor:
+        """(K, 2, d) foreground-then-background kernels for ``correlation_crop`` from the head's (K, rep_size)."""
+        if self.mask_assembly == "lc":  # YOLACT: tanh coefficients, foreground only
+            c = torch.tanh(reps)
+            return torch.stack([c, torch.zeros_like(c)], dim=1)
+        bg, fg = reps.view(reps.shape[0], 2, reps.shape[1] // 2).unbind(1)  # row 0 background, row 1 foreground
+        return torch.stack([fg, bg], dim=1)
+
+    def mask_logits(self, pixel, reps, batch_idx, crop_boxes) -> torch.Tensor:
+        """(K, h, w) z of Eq. 1 at the pixel stream's stride, -inf outside each crop box (input pixels)."""
+        stride = self.pixel_stream.out_stride
+        return correlation_crop(pixel, self.object_kernels(reps).to(pixel.dtype), batch_idx, crop_boxes / stride)
+
+    def full_probs(self, z: torch.Tensor, image_size) -> torch.Tensor:
+        """M' (Sec. 3.3): sigmoid(z) up-sampled to the input resolution, cropped to the image (h, w)."""
+        s = self.pixel_stream.out_stride
+        up = F.interpolate(torch.sigmoid(z)[:, None], scale_factor=s, mode="bilinear", align_corners=False)[:, 0]
+        return up[:, : image_size[0], : image_size[1]]
+
+    # ---- training ----------------------------------------------------------------------------------------------
+    def forward_training(self, images, features, predictions, gt_instances):
+        if not self.mask_on:
+            return super().forward_training(images, features, predictions, gt_instances)
+        pred_logits, pred_deltas, pred_reps = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4, self.head.rep_size]
+        )
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        pixel = self.pixel_stream([features[i] for i in self.pixel_in_indices])
+        objects = self.sample_positives(anchors, gt_labels, gt_instances)
+        if self.mbrm_stage:
+            return {
+                "loss_refine": self.refine_loss(images, pixel, anchors, pred_deltas, pred_reps, objects, gt_instances)
+            }
+        losses = self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes)
+        losses["loss_mask"] = self.mask_loss_weight * self.mask_loss(images, pixel, pred_reps, objects, gt_instances)
+        return losses
+
+    @torch.no_grad()
+    def sample_positives(self, anchors, gt_labels, gt_instances):
+        """Per image, (anchor indices, matched ground-truth indices) of at most ``max_masks_per_image`` positive
+        anchors, sampled at random (Sec. 3.4: only positive anchors feed the mask loss)."""
+        all_anchors = Boxes.cat(anchors)
+        out = []
+        for labels, gt in zip(gt_labels, gt_instances):
+            pos = ((labels >= 0) & (labels != self.num_classes)).nonzero().squeeze(1)
+            if len(gt) == 0 or len(pos) == 0:
+                out.append((pos[:0], pos[:0]))
+                continue
+            if len(pos) > self.max_masks_per_image:
+                pos = pos[torch.randperm(len(pos), device=pos.device)[: self.max_masks_per_image]]
+            matched, _ = self.anchor_matcher(pairwise_iou(gt.gt_boxes, all_anchors))
+            out.append((pos, matched[pos]))
+        return out
+
+    def mask_loss(self, images, pixel, pred_reps, objects, gt_instances):
+        s = self.pixel_stream.out_stride
+        padded = images.tensor.shape[-2:]
+        reps, boxes, targets, batch_idx = [], [], [], []
+        for i, ((anchor_idx, gt_idx), gt) in enumerate(zip(objects, gt_instances)):
+            if len(anchor_idx) == 0:
+                continue
+            reps.append(cat([x[i] for x in pred_reps])[anchor_idx])
+            boxes.append(expand_boxes(gt.gt_boxes.tensor[gt_idx], self.train_expand, gt.image_size))
+            pooled = F.avg_pool2d(_gt_bitmasks(gt, padded)[:, None], kernel_size=s, stride=s)[:, 0] >= 0.5
+            targets.append(pooled[gt_idx])
+            batch_idx.append(torch.full((len(anchor_idx),), i, dtype=torch.int64, device=pixel.device))
+        if not reps:
+            return pixel.sum() * 0.0 + sum(x.sum() for x in pred_reps) * 0.0
+        z = self.mask_logits(pixel, cat(reps), cat(batch_idx), cat(boxes))
+        valid = z != float("-inf")
+        return rdsnet_mask_loss(z, cat(targets), valid, self.ohem, self.ohem_neg_pos_ratio)
+
+    def refine_loss(self, images, pixel, anchors, pred_deltas, pred_reps, objects, gt_instances):
+        """L_refine (Sec. 3.3) on the positive anchors' regressed boxes and inference-style masks."""
+        all_anchors = Boxes.cat(anchors).tensor
+        losses = []
+        for i, ((anchor_idx, gt_idx), gt, size) in enumerate(zip(objects, gt_instances, images.image_sizes)):
+            if len(anchor_idx) == 0:
+                continue
+            with torch.no_grad():
+                deltas = cat([x[i] for x in pred_deltas])[anchor_idx]
+                boxes = self.box2box_transform.apply_deltas(deltas, all_anchors[anchor_idx])
+                crop = expand_boxes(boxes, self.test_expand, size)
+                reps = cat([x[i] for x in pred_reps])[anchor_idx]
+                z = self.mask_logits(pixel[i : i + 1], reps, torch.zeros_like(anchor_idx), crop)
+            for k in range(0, len(z), MASK_CHUNK):
+                probs = self.full_probs(z[k : k + MASK_CHUNK], size)
+                gtb = gt.gt_boxes.tensor[gt_idx[k : k + MASK_CHUNK]]
+                losses.append(self.mbrm.boundary_loss(probs, boxes[k : k + MASK_CHUNK], gtb) * len(probs))
+        if not losses:
+            return self.mbrm.kernels.sum() * 0.0
+        return sum(losses) / sum(len(o[0]) for o in objects)
+
+    # ---- inference ---------------------------------------------------------------------------------------------
+    def forward(self, batched_inputs):
+        if self.training or not self.mask_on:
+            return super().forward(batched_inputs)
+        images = self.preprocess_image(batched_inputs)
+        feats = self.backbone(images.tensor)
+        features = [feats[f] for f in self.head_in_features]
+        results = self.forward_inference(images, features, self.head(features))
+        out = []
+        for r, x, size in zip(results, batched_inputs, images.image_sizes):
+            height, width = x.get("height", size[0]), x.get("width", size[1])
+            out.append({"instances": self.output_masks(detector_postprocess(r, height, width), size)})
+        return out
+
+    def forward_inference(self, images, features, predictions):
+        if not self.mask_on:
+            return super().forward_inference(images, features, predictions)
+        pred_logits, pred_deltas, pred_reps = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4, self.head.rep_size]
+        )
+        anchors = self.anchor_generator(features)
+        pixel = self.pixel_stream([features[i] for i in self.pixel_in_indices])
+        results = []
+        for i, size in enumerate(images.image_sizes):
+            inst = self.detections_with_reps(
+                anchors,
+                [x[i].sigmoid() for x in pred_logits],
+                [x[i] for x in pred_deltas],
+                [x[i] for x in pred_reps],
+                size,
+            )
+            results.append(self.predict_masks(inst, pixel[i : i + 1], size))
+        return results
+
+    def detections_with_reps(self, anchors: List[Boxes], scores, deltas, reps, image_size) -> Instances:
+        """RetinaNet's inference (score threshold, per-level top-k, class-wise NMS, detections per image), with each
+        detection carrying its anchor's representation (``pred_reps``)."""
+        per_level = []
+        for anchors_l, scores_l, deltas_l, reps_l in zip(anchors, scores, deltas, reps):
+            keep = scores_l > self.test_score_thresh
+            s = scores_l[keep]
+            idx = keep.nonzero()
+            s, top = s.topk(min(len(s), self.test_topk_candidates))
+            anchor_idx, classes = idx[top].unbind(dim=1)
+            boxes = self.box2box_transform.apply_deltas(deltas_l[anchor_idx], anchors_l.tensor[anchor_idx])
+            inst = Instances(image_size, pred_boxes=Boxes(boxes), scores=s, pred_classes=classes)
+            inst.pred_reps = reps_l[anchor_idx]
+            per_level.append(inst)
+        inst = Instances.cat(per_level)
+        keep = batched_nms(inst.pred_boxes.tensor, inst.scores, inst.pred_classes, self.test_nms_thresh)
+        return inst[keep[: self.max_detections_per_image]]
+
+    def predict_masks(self, inst: Instances, pixel: torch.Tensor, image_size) -> Instances:
+        """Masks of the detections (cropped with the boxes x IE) at the pixel stream's stride (``pred_mask_probs``),
+        and the Table 4 box refinement at the input resolution."""
+        boxes = inst.pred_boxes.tensor
+        crop = expand_boxes(boxes, self.test_expand, image_size)
+        z = self.mask_logits(
+            pixel, inst.pred_reps, torch.zeros(len(inst), dtype=torch.int64, device=boxes.device), crop
+        )
+        inst.pred_mask_probs = torch.sigmoid(z)
+        if self.box_refinement != "none" and len(inst):
+            refined = []
+            for k in range(0, len(inst), MASK_CHUNK):
+                probs = self.full_probs(z[k : k + MASK_CHUNK], image_size)
+                b = boxes[k : k + MASK_CHUNK]
+                if self.box_refinement == "mbrm":
+                    refined.append(self.mbrm(probs, b))
+                else:
+                    refined.append(mask_enclosing_boxes(probs >= self.mask_threshold, b))
+            inst.pred_boxes = Boxes(cat(refined))
+        return inst
+
+    def output_masks(self, inst: Instances, input_size) -> Instances:
+        """``pred_masks`` (R, H, W) bool at the output size: the stride-level probabilities up-sampled to the input,
+        cropped to the image, resized to the output and binarised (``MASK_THRESHOLD``), in chunks."""
+        probs = inst.pred_mask_probs
+        s = self.pixel_stream.out_stride
+        h, w = input_size
+        out_h, out_w = inst.image_size
+        masks = []
+        for k in range(0, len(inst), MASK_CHUNK):
+            up = F.interpolate(probs[k : k + MASK_CHUNK, None], scale_factor=s, mode="bilinear", align_corners=False)
+            up = F.interpolate(up[:, :, :h, :w], size=(out_h, out_w), mode="bilinear", align_corners=False)
+            masks.append(up[:, 0] >= self.mask_threshold)
+        inst.pred_masks = cat(masks) if masks else torch.zeros(0, out_h, out_w, dtype=torch.bool, device=probs.device)
+        inst.remove("pred_mask_probs")
+        inst.remove("pred_reps")
+        return inst

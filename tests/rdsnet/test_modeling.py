@@ -1,0 +1,205 @@
+"""RDSNet's detectron2 model (``rdsnet.modeling``) against the paper: Eq. 1 through the op with the head's row order,
+the training crops, at most 100 masks per image, representations kept through NMS, the MBRM stage, Tables 3-4 rows,
+masks off = RetinaNet."""
+
+import pytest
+import torch
+
+from tests.utils import importorskip_detectron2, synthetic_batch
+
+importorskip_detectron2()
+
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.structures import Boxes  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+
+from instseg.config import get_cfg  # noqa: E402
+from instseg.registry import load_methods  # noqa: E402
+from rdsnet.config import TABLE3_ROWS, TABLE4_ROWS, table_opts  # noqa: E402
+from rdsnet.layers import expand_boxes  # noqa: E402
+from rdsnet.modeling import RDSNet, RDSNetHead  # noqa: E402
+
+load_methods()
+
+SYN = "configs/RDSNet/rdsnet_R_18_FPN_synthetic.yaml"
+MBRM_STAGE = "configs/RDSNet/rdsnet_mbrm_R_18_FPN_synthetic.yaml"
+RETINANET = "configs/Baselines/retinanet_R_18_FPN_synthetic.yaml"
+SMALL = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96"]
+
+
+def _cfg(path=SYN, opts=()):
+    cfg = get_cfg()
+    cfg.merge_from_file(path)
+    cfg.merge_from_list(list(opts) + SMALL)
+    return cfg
+
+
+def _model(path=SYN, opts=(), seed=0):
+    torch.manual_seed(seed)
+    return build_model(_cfg(path, opts))
+
+
+def _images(batch):
+    return [{k: v for k, v in d.items() if k != "instances"} for d in batch]
+
+
+def test_eq1_mask_logits_are_the_correlation_of_the_heads_rows_cropped_by_the_box():
+    """Eq. 1 through the op: the head's 2 x d representation is (background row, foreground row); z = <fg - bg, Psi>
+    at each pixel of the stride-4 map whose centre is inside box / 4, -inf elsewhere (hand-built, d = 3)."""
+    model = _model(SYN, ["MODEL.RDSNET.REP_DIM", "3"])
+    g = torch.Generator().manual_seed(0)
+    pixel = torch.randn(2, 3, 5, 6, generator=g)
+    reps = torch.randn(2, 6, generator=g)  # object 0 in image 1, object 1 in image 0
+    boxes = torch.tensor([[4.0, 0.0, 16.0, 12.0], [0.0, 8.0, 24.0, 20.0]])  # input pixels (stride 4)
+    z = model.mask_logits(pixel, reps, torch.tensor([1, 0]), boxes)
+    for k, (n, (x1, y1, x2, y2)) in enumerate(zip([1, 0], boxes.tolist())):
+        bg, fg = reps[k, :3], reps[k, 3:]
+        for i in range(5):
+            for j in range(6):
+                inside = x1 / 4 <= j + 0.5 <= x2 / 4 and y1 / 4 <= i + 0.5 <= y2 / 4
+                want = float(((fg - bg) * pixel[n, :, i, j]).sum()) if inside else float("-inf")
+                assert z[k, i, j].item() == pytest.approx(want, rel=1e-5, abs=1e-5), (k, i, j)
+
+
+def test_table3_lc_assembly_is_a_linear_combination_of_prototypes_with_tanh_coefficients():
+    """Table 3 row 1 (YOLACT's LC): d foreground-only coefficients through tanh, z = <tanh(c), Psi>."""
+    model = _model(SYN, ["MODEL.RDSNET.REP_DIM", "3", *table_opts(3, 1)])
+    assert model.head.rep_size == 3
+    pixel = torch.randn(1, 3, 4, 4)
+    reps = torch.randn(1, 3)
+    z = model.mask_logits(pixel, reps, torch.tensor([0]), torch.tensor([[0.0, 0.0, 16.0, 16.0]]))
+    torch.testing.assert_close(z[0], torch.einsum("d,dhw->hw", torch.tanh(reps[0]), pixel[0]))
+
+
+def test_sec34_training_crops_with_the_gt_boxes_expanded_and_at_most_max_masks_per_image():
+    """Sec. 3.4 / 4.1: the positive anchors' masks (at most MAX_MASKS_PER_IMAGE, here 3, per image) are cropped with
+    their matched ground-truth box x1.5 (clipped to the image), in pixel-stream units."""
+    model = _model(SYN, ["MODEL.RDSNET.MAX_MASKS_PER_IMAGE", "3"])
+    seen = {}
+    original = model.mask_logits
+
+    def spy(pixel, reps, batch_idx, crop_boxes):
+        seen.update(batch_idx=batch_idx, boxes=crop_boxes)
+        return original(pixel, reps, batch_idx, crop_boxes)
+
+    model.mask_logits = spy
+    batch = synthetic_batch(2, empty=())
+    with EventStorage(0):
+        model(batch)
+    counts = torch.bincount(seen["batch_idx"], minlength=2).tolist()
+    assert counts == [3, 3]  # the synthetic images have far more than 3 positive anchors
+    for n in range(2):
+        gt = batch[n]["instances"].gt_boxes.tensor
+        expanded = expand_boxes(gt, 1.5, (96, 96))
+        for box in seen["boxes"][seen["batch_idx"] == n]:
+            assert (expanded - box).abs().sum(dim=1).min() < 1e-4  # one of the image's expanded gt boxes
+
+
+def test_sec34_detections_keep_their_representation_through_topk_and_nms():
+    """Hand-built: two levels, three anchors; anchors 0 and 1 (level 0) overlap, anchor 1 scores higher, so NMS keeps
+    1 and drops 0; anchor 2 (level 1) is kept. Each kept detection carries its own anchor's representation."""
+    model = _model(SYN, ["MODEL.RDSNET.REP_DIM", "2"])
+    anchors = [Boxes(torch.tensor([[0.0, 0, 10, 10], [1.0, 1, 11, 11]])), Boxes(torch.tensor([[50.0, 50, 60, 60]]))]
+    scores = [torch.tensor([[0.6, 0.0, 0, 0, 0], [0.9, 0, 0, 0, 0]]), torch.tensor([[0.0, 0.0, 0.7, 0, 0]])]
+    deltas = [torch.zeros(2, 4), torch.zeros(1, 4)]
+    reps = [torch.tensor([[1.0, 2, 3, 4], [5.0, 6, 7, 8]]), torch.tensor([[9.0, 10, 11, 12]])]
+    inst = model.detections_with_reps(anchors, scores, deltas, reps, (96, 96))
+    assert inst.scores.tolist() == pytest.approx([0.9, 0.7])
+    assert inst.pred_classes.tolist() == [0, 2]
+    assert inst.pred_reps.tolist() == [[5.0, 6, 7, 8], [9.0, 10, 11, 12]]
+    torch.testing.assert_close(inst.pred_boxes.tensor, torch.tensor([[1.0, 1, 11, 11], [50.0, 50, 60, 60]]))
+
+
+def _rows():
+    return [("table3", r) for r in TABLE3_ROWS] + [("table4", r) for r in TABLE4_ROWS]
+
+
+@pytest.mark.parametrize("table,row", _rows(), ids=[f"{t}-{r}" for t, r in _rows()])
+def test_tables_3_and_4_every_row_trains_with_empty_images_and_predicts(table, row):
+    """Every row of Table 3 (LC / Corr, TE, OHEM, IE) and Table 4 (baseline / direct / MBRM): a training step with an
+    image without instances and one with a batch without any, then prediction with masks at the output size."""
+    model = _model(SYN, table_opts(3 if table == "table3" else 4, row) + ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"])
+    with EventStorage(0):
+        for empty in ((1,), (0, 1)):
+            losses = model(synthetic_batch(2, empty=empty))
+            assert set(losses) == {"loss_cls", "loss_box_reg", "loss_mask"}
+            assert all(torch.isfinite(v) for v in losses.values())
+            sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        out = model([{**d, "height": 120, "width": 144} for d in _images(synthetic_batch(1, empty=()))])
+    inst = out[0]["instances"]
+    assert len(inst) > 0 and inst.pred_masks.shape[1:] == (120, 144) and inst.pred_masks.dtype == torch.bool
+    assert not inst.has("pred_reps") and not inst.has("pred_mask_probs")
+
+
+def test_table4_direct_boxes_are_the_masks_enclosing_rectangles():
+    """Table 4 "direct": each output box is the enclosing rectangle of its mask (at the input size)."""
+    model = _model(SYN, table_opts(4, "direct") + ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"]).eval()
+    with torch.no_grad():
+        inst = model(_images(synthetic_batch(1, empty=())))[0]["instances"]
+    for box, mask in zip(inst.pred_boxes.tensor, inst.pred_masks):
+        if mask.any():
+            ys, xs = mask.nonzero(as_tuple=True)
+            assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+
+
+def test_sec34_mbrm_stage_trains_only_mbrm():
+    """The MBRM stage: loss_refine only; an optimiser step changes MBRM's kernels and nothing else (parameters and
+    normalisation statistics)."""
+    model = _model(MBRM_STAGE)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert params and all(p is q for p, q in zip(params, model.mbrm.parameters()))
+    opt = torch.optim.SGD(params, lr=1.0)
+    with EventStorage(0):
+        losses = model(synthetic_batch(2, empty=(1,)))
+    assert set(losses) == {"loss_refine"} and losses["loss_refine"] > 0
+    losses["loss_refine"].backward()
+    opt.step()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("mbrm.") for k in changed), changed
+
+
+def test_masks_off_is_retinanet_with_the_same_weights():
+    """MODEL.MASK_ON False: RDSNet is detectron2's RetinaNet (same parameters, same detections)."""
+    every = ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"]
+    base = _model(RETINANET, every, seed=1)
+    rds = _model(SYN, ["MODEL.MASK_ON", "False", *table_opts(4, "baseline"), *every], seed=2)
+    assert isinstance(rds, RDSNet) and not isinstance(rds.head, RDSNetHead)
+    rds.load_state_dict(base.state_dict(), strict=True)
+    base.eval()
+    rds.eval()
+    images = _images(synthetic_batch(2, empty=()))
+    with torch.no_grad():
+        a, b = base(images), rds(images)
+    for x, y in zip(a, b):
+        assert len(x["instances"]) > 0
+        torch.testing.assert_close(x["instances"].pred_boxes.tensor, y["instances"].pred_boxes.tensor, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "opts,message",
+    [
+        (["MODEL.RDSNET.MASK_ASSEMBLY", "dot"], "MASK_ASSEMBLY must be one of"),
+        (["MODEL.RDSNET.BOX_REFINEMENT", "box"], "BOX_REFINEMENT must be one of"),
+        (["MODEL.MASK_ON", "False"], "which MODEL.MASK_ON=False removes"),  # with BOX_REFINEMENT mbrm below
+        (["MODEL.RDSNET.MBRM_STAGE", "True"], "MBRM_STAGE trains MBRM"),
+        (["MODEL.RDSNET.PIXEL_IN_FEATURES", "['p2', 'p3']"], "must be among MODEL.RETINANET.IN_FEATURES"),
+    ],
+)
+def test_settings_that_cannot_work_stop_at_build_time(opts, message):
+    if opts == ["MODEL.MASK_ON", "False"]:
+        opts = opts + ["MODEL.RDSNET.BOX_REFINEMENT", "mbrm"]
+    with pytest.raises(ValueError) as e:
+        _model(SYN, opts)
+    assert message in str(e.value)
+
+
+def test_inference_without_detections_gives_empty_instances():
+    model = _model(SYN, ["MODEL.RETINANET.SCORE_THRESH_TEST", "1.01", *table_opts(4, "mbrm")]).eval()
+    with torch.no_grad():
+        inst = model(_images(synthetic_batch(1, empty=())))[0]["instances"]
+    assert len(inst) == 0 and inst.pred_masks.shape == (0, 96, 96)
