@@ -64,8 +64,10 @@ def add_rdsnet_config(cfg) -> None:
     _C.MASK_LOSS_WEIGHT = 1.0
     # inference (Sec. 3.4): masks binarised at this threshold
     _C.MASK_THRESHOLD = 0.4
-    # Table 4: the output boxes are the regressed ones ("none"), the masks' enclosing rectangles ("direct") or MBRM's
-    _C.BOX_REFINEMENT = "mbrm"
+    # Table 4: the output boxes are the regressed ones ("none"), the masks' enclosing rectangles ("direct") or MBRM's.
+    # "none" by default: MBRM is trained in its own stage after the rest has converged (MBRM_STAGE, Sec. 3.4) and is
+    # switched on for that stage and for the models it produces (the paper's final RDSNet: "mbrm")
+    _C.BOX_REFINEMENT = "none"
     # MBRM (Sec. 3.3, Fig. 5): s (kernel 2s + 1), gamma (sigma = gamma x box extent, >= 1 px); one kernel per side
     # (the paper) or one shared kernel mirrored (the authors' released code)
     _C.MBRM_S = 4

@@ -5,6 +5,7 @@
     python tools/benchmark_inference.py --preset dsg                 # DSG, DSG light / Mask R-CNN (+ params)
     python tools/benchmark_inference.py --preset dsg_table1 --size 256 256 --threads 1   # Table 1 rows, synthetic
     python tools/benchmark_inference.py --preset maskplus            # each MaskPlus technique alone, MaskPlus
+    python tools/benchmark_inference.py --preset rdsnet              # RDSNet (+ MBRM) / RetinaNet, Mask R-CNN
     python tools/benchmark_inference.py --model a configs/A.yaml --model b configs/B.yaml KEY VALUE
 
 Models are built from their configs (random weights: nothing is downloaded, unless a model's overrides
@@ -28,10 +29,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dsg.config import TABLE1_ROWS, table1_opts  # noqa: E402
 from maskplus.config import table_opts  # noqa: E402
+from rdsnet.config import table_opts as rdsnet_table_opts  # noqa: E402
 
 MP = "configs/MaskPoint/mask_point_rcnn_R_50_FPN_1x.yaml"
 SYN_DSG = "configs/DSG/dsg_R_18_FPN_synthetic.yaml"
 MP1X = "configs/MaskPlus/maskplus_R_50_FPN_1x.yaml"
+RDS = "configs/RDSNet/rdsnet_R_50_FPN_1x.yaml"
 
 PRESETS = {
     "maskpoint": [
@@ -69,6 +72,13 @@ PRESETS = {
         ["deconv_pyramid", MP1X, *table_opts("table2_deconv_pyramid")],
         ["maskplus", MP1X, *table_opts("maskplus")],
     ],
+    # RDSNet against its object stream alone (RetinaNet with the same recipe), with MBRM, and Mask R-CNN
+    "rdsnet": [
+        ["retinanet", RDS, "MODEL.MASK_ON", "False"],
+        ["rdsnet", RDS, *rdsnet_table_opts(4, "baseline")],
+        ["rdsnet_mbrm", RDS, *rdsnet_table_opts(4, "mbrm")],
+        ["mask_rcnn", "configs/Baselines/mask_rcnn_R_50_FPN_1x.yaml"],
+    ],
 }
 
 
@@ -95,6 +105,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--memory", action="store_true", help="also the peak resident-memory growth of one forward")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     args.models = [list(m) for m in (PRESETS[args.preset] if args.preset else [])] + args.model
@@ -129,6 +140,8 @@ def build(spec, detections):
             "MODEL.DEVICE",
             "cpu",
             "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            "0.0",
+            "MODEL.RETINANET.SCORE_THRESH_TEST",
             "0.0",
             "TEST.DETECTIONS_PER_IMAGE",
             str(detections),
@@ -189,6 +202,30 @@ def mask_head_gmac_per_roi(model):
     return counter.total() / 1e9
 
 
+def peak_memory_mb(model, inputs):
+    """The peak growth of this process's resident memory during one forward (MiB): Linux's high-water mark (VmHWM),
+    reset through /proc/self/clear_refs before the run, after glibc's malloc_trim; None where that is not available
+    (not Linux/glibc)."""
+    import torch
+
+    def status(key):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so that RSS starts at what is live
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        start = status("VmRSS")
+    except OSError:
+        return None
+    with torch.no_grad():
+        model(inputs)
+    return (status("VmHWM") - start) / 1024
+
+
 def calibrate_frozen_bn(model, inputs):
     """Random weights behind FrozenBatchNorm (identity statistics) make activations grow by orders of magnitude
     over 50 layers: the RPN then keeps a handful of degenerate proposals and the box head one detection, which
@@ -241,6 +278,7 @@ def main(argv=None):
                 out = model(inputs)
                 times[name].append(time.perf_counter() - start)
                 detections[name] = len(out[0]["instances"])
+    memory = {name: peak_memory_mb(model, inputs) if args.memory else None for name, model, _ in models}
     base = models[0][0]
     med = {n: statistics.median(t) for n, t in times.items()}
     result = {
@@ -256,6 +294,7 @@ def main(argv=None):
                 "params_delta_M": (params - models[0][2]) / 1e6,
                 "params_run": run_params[name],
                 "mask_head_gmac_per_roi": gmac[name],
+                "peak_memory_mb": memory[name],
                 "detections": detections[name],
                 "config": spec[1],
                 "opts": spec[2:],
@@ -277,6 +316,7 @@ def main(argv=None):
                     if r["mask_head_gmac_per_roi"] is None
                     else f"  mask head {r['mask_head_gmac_per_roi']:.3f} GMAC/RoI"
                 )
+                + ("" if r["peak_memory_mb"] is None else f"  peak +{r['peak_memory_mb']:.0f} MiB")
             )
     return result
 

@@ -8,7 +8,11 @@ import detectron2.engine.defaults as d2_defaults
 import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
-from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.solver.build import (
+    _generate_optimizer_class_with_gradient_clipping,
+    get_default_optimizer_params,
+    maybe_add_gradient_clipping,
+)
 from detectron2.utils import comm
 
 from instseg.data.mappers import dataset_mapper_class
@@ -71,11 +75,11 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """detectron2's SGD, or AdamW with the same parameter groups when ``SOLVER.OPTIMIZER`` is AdamW."""
+        """detectron2's SGD (or AdamW, ``SOLVER.OPTIMIZER``) with detectron2's parameter groups and gradient clipping,
+        plus ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE full_model``: the norm of all gradients together clipped at
+        ``CLIP_VALUE`` (mmdetection's ``grad_clip``, as detectron2's ViTDet / DETR projects add it)."""
         name = cfg.SOLVER.OPTIMIZER
-        if name == "SGD":
-            return super().build_optimizer(cfg, model)
-        if name != "AdamW":
+        if name not in ("SGD", "AdamW"):
             raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'AdamW', got {name!r}")
         params = get_default_optimizer_params(
             model,
@@ -84,9 +88,18 @@ class Trainer(DefaultTrainer):
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
         )
-        return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
-            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
-        )
+        optimizer, kwargs = torch.optim.AdamW, {}
+        if name == "SGD":
+            optimizer, kwargs = torch.optim.SGD, {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV}
+        clip = cfg.SOLVER.CLIP_GRADIENTS
+        if clip.ENABLED and clip.CLIP_TYPE == "full_model":
+            value, norm_type = clip.CLIP_VALUE, clip.NORM_TYPE
+            optimizer = _generate_optimizer_class_with_gradient_clipping(
+                optimizer, global_clipper=lambda ps: torch.nn.utils.clip_grad_norm_(ps, value, norm_type)
+            )
+        else:
+            optimizer = maybe_add_gradient_clipping(cfg, optimizer)
+        return optimizer(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, **kwargs)
 
     @classmethod
     def build_train_loader(cls, cfg):

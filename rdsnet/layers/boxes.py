@@ -22,12 +22,17 @@ def expand_boxes(boxes: torch.Tensor, ratio: float, image_size=None) -> torch.Te
 def mask_enclosing_boxes(masks: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
     """Table 4's *direct*: the minimum enclosing rectangle (XYXY, pixel edges) of each (K, h, w) binary mask; an empty
     mask keeps its ``fallback`` box (K, 4)."""
-    if masks.shape[0] == 0:
+    return profile_enclosing_boxes(masks.any(dim=1), masks.any(dim=2), fallback)
+
+
+def profile_enclosing_boxes(cols: torch.Tensor, rows: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """``mask_enclosing_boxes`` from the masks' projections: ``cols`` (K, w) and ``rows`` (K, h), True where the
+    column / row holds a mask pixel."""
+    if cols.shape[0] == 0:
         return fallback.clone()
-    rows, cols = masks.any(dim=2), masks.any(dim=1)  # (K, h), (K, w)
-    h, w = masks.shape[-2:]
-    ar_h = torch.arange(h, device=masks.device)
-    ar_w = torch.arange(w, device=masks.device)
+    h, w = rows.shape[1], cols.shape[1]
+    ar_h = torch.arange(h, device=cols.device)
+    ar_w = torch.arange(w, device=cols.device)
     x1 = torch.where(cols, ar_w, w).min(dim=1).values
     x2 = torch.where(cols, ar_w, -1).max(dim=1).values + 1
     y1 = torch.where(rows, ar_h, h).min(dim=1).values

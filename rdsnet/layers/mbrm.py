@@ -63,9 +63,13 @@ class MBRM(nn.Module):
             raise ValueError(
                 f"MBRM: expected probs (K, h, w) and boxes (K, 4), got {tuple(probs.shape)}, {tuple(boxes.shape)}"
             )
-        K, h, w = probs.shape
-        prof_x = probs.max(dim=1).values  # (K, w): max over each column, Eq. 4-5
-        prof_y = probs.max(dim=2).values  # (K, h)
+        return self.log_posteriors_from_profiles(probs.max(dim=1).values, probs.max(dim=2).values, boxes)
+
+    def log_posteriors_from_profiles(self, prof_x: torch.Tensor, prof_y: torch.Tensor, boxes: torch.Tensor):
+        """``log_posteriors`` from the max-projections of M' (Eq. 4-5): ``prof_x`` (K, w) the max over each column,
+        ``prof_y`` (K, h) the max over each row. Computed in float32 at least (the prior's squared distances)."""
+        dtype = torch.promote_types(prof_x.dtype, torch.float32)
+        prof_x, prof_y, boxes = prof_x.to(dtype), prof_y.to(dtype), boxes.to(dtype)
         bw = (boxes[:, 2] - boxes[:, 0]).clamp(min=0)
         bh = (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
         # (profile, mu in index units, box extent along the side's axis, mirrored?)
@@ -79,31 +83,47 @@ class MBRM(nn.Module):
         for side, (prof, mu, extent, mirrored) in enumerate(specs):
             kernel, bias = self._kernel(side)
             x = prof.flip(1) if mirrored else prof
-            weight = kernel.view(1, 1, -1).to(x.dtype)
-            logits = F.conv1d(x[:, None], weight, bias.view(1).to(x.dtype), padding=self.s)[:, 0]
+            weight = kernel.view(1, 1, -1).to(dtype)
+            logits = F.conv1d(x[:, None], weight, bias.view(1).to(dtype), padding=self.s)[:, 0]
             if mirrored:
                 logits = logits.flip(1)
-            n = prof.shape[1]
-            i = torch.arange(n, device=prof.device, dtype=prof.dtype)
+            i = torch.arange(prof.shape[1], device=prof.device, dtype=dtype)
             sigma = (self.gamma * extent).clamp(min=1.0)
-            log_prior = -((i[None] - mu[:, None].to(prof.dtype)) ** 2) / (2 * sigma[:, None].to(prof.dtype) ** 2)
+            log_prior = -((i[None] - mu[:, None]) ** 2) / (2 * sigma[:, None] ** 2)
             log_post = log_prior + F.logsigmoid(logits)
             out.append(log_post - torch.logsumexp(log_post, dim=1, keepdim=True))  # Eq. 3's normalisation
         return out
 
     def forward(self, probs: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """The refined boxes (K, 4), XYXY (Eq. 2); the regressed ``boxes`` when gamma = 0 or there is no object."""
+        """The refined boxes (K, 4), XYXY (Eq. 2); see ``refine``."""
         if self.gamma == 0 or boxes.shape[0] == 0:
             return boxes.clone()
-        idx = [lp.argmax(dim=1).to(boxes.dtype) for lp in self.log_posteriors(probs, boxes)]
-        return torch.stack([idx[0], idx[1], idx[2] + 1, idx[3] + 1], dim=1)
+        return self.refine(probs.max(dim=1).values, probs.max(dim=2).values, boxes)
+
+    def refine(self, prof_x: torch.Tensor, prof_y: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Eq. 2 from the max-projections. The regressed box comes back where the refinement is off (gamma = 0), where
+        the mask is empty, and, per axis, where the refined sides would cross (x2 <= x1: no box left)."""
+        if self.gamma == 0 or boxes.shape[0] == 0:
+            return boxes.clone()
+        idx = [lp.argmax(dim=1).to(boxes.dtype) for lp in self.log_posteriors_from_profiles(prof_x, prof_y, boxes)]
+        out = torch.stack([idx[0], idx[1], idx[2] + 1, idx[3] + 1], dim=1)
+        empty = (prof_x.max(dim=1).values <= 0) | (prof_y.max(dim=1).values <= 0)
+        bad_x = empty | (out[:, 2] <= out[:, 0])
+        bad_y = empty | (out[:, 3] <= out[:, 1])
+        out[:, 0::2] = torch.where(bad_x[:, None], boxes[:, 0::2], out[:, 0::2])
+        out[:, 1::2] = torch.where(bad_y[:, None], boxes[:, 1::2], out[:, 1::2])
+        return out
 
     def boundary_loss(self, probs: torch.Tensor, boxes: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
+        """L_refine (Sec. 3.3) from M' (K, h, w); see ``boundary_loss_from_profiles``."""
+        return self.boundary_loss_from_profiles(probs.max(dim=1).values, probs.max(dim=2).values, boxes, gt_boxes)
+
+    def boundary_loss_from_profiles(self, prof_x, prof_y, boxes, gt_boxes) -> torch.Tensor:
         """L_refine (Sec. 3.3): cross entropy of each side's posterior against its ground-truth coordinate (one-hot at
         the pixel of the ground-truth edge, clipped to the map), averaged over objects and sides."""
         if boxes.shape[0] == 0:
-            return self.kernels.sum() * 0.0
-        h, w = probs.shape[-2:]
+            return sum(p.sum() for p in self.parameters()) * 0.0
+        h, w = prof_y.shape[1], prof_x.shape[1]
         gt = gt_boxes.round().long()
         targets = [
             gt[:, 0].clamp(0, w - 1),
@@ -111,5 +131,5 @@ class MBRM(nn.Module):
             (gt[:, 2] - 1).clamp(0, w - 1),
             (gt[:, 3] - 1).clamp(0, h - 1),
         ]
-        losses = [F.nll_loss(lp, t) for lp, t in zip(self.log_posteriors(probs, boxes), targets)]
-        return torch.stack(losses).mean()
+        lps = self.log_posteriors_from_profiles(prof_x, prof_y, boxes)
+        return torch.stack([F.nll_loss(lp, t) for lp, t in zip(lps, targets)]).mean()

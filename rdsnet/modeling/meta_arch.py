@@ -10,9 +10,10 @@ ground-truth mask average-pooled to that stride (>= 0.5). The MBRM stage (``MBRM
 boxes and their inference-style masks (cropped with the regressed box x1.2, up-sampled to the input size).
 
 Inference: detectron2's per-level top-k and class-wise NMS, the kept detections carrying their representation
-(``pred_reps``); their masks cropped with the detections x1.2 (IE), up-sampled to the input size for the box refinement
-(``BOX_REFINEMENT``: none / direct / mbrm), then resized to the output size and binarised at ``MASK_THRESHOLD``.
-Full-image masks are up-sampled in chunks of ``MASK_CHUNK`` objects to bound the peak memory.
+(``pred_reps``); their correlation maps at the pixel stream's stride, up-sampled to the input size and cropped there
+with the detections x1.2 (IE) for the box refinement (``BOX_REFINEMENT``: none / direct / mbrm), and to the output size
+for the masks, binarised at ``MASK_THRESHOLD``. Only each object's crop region is up-sampled (bilinear, pixel centres
+aligned); outside it the mask is background.
 
 ``MODEL.MASK_ON False`` builds detectron2's RetinaNet unchanged.
 """
@@ -28,11 +29,10 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks, pairwise_iou
 from torch.nn import functional as F
 
-from ..layers import MBRM, correlation_crop, expand_boxes, mask_enclosing_boxes, rdsnet_mask_loss
+from ..layers import MBRM, correlation_crop, expand_boxes, profile_enclosing_boxes, rdsnet_mask_loss
 from .heads import MASK_ASSEMBLIES, PixelStream, RDSNetHead
 
 BOX_REFINEMENTS = ("none", "direct", "mbrm")
-MASK_CHUNK = 16
 
 
 def check_rdsnet_config(cfg) -> None:
@@ -57,6 +57,17 @@ def check_rdsnet_config(cfg) -> None:
         )
     if not 0.0 <= r.MASK_THRESHOLD <= 1.0 or r.MAX_MASKS_PER_IMAGE < 1:
         raise ValueError("MODEL.RDSNET.MASK_THRESHOLD must be in [0, 1] and MAX_MASKS_PER_IMAGE >= 1")
+    if r.OHEM and not r.OHEM_NEG_POS_RATIO > 0:
+        raise ValueError(
+            f"MODEL.RDSNET.OHEM_NEG_POS_RATIO must be > 0 (0 keeps no background pixel), got {r.OHEM_NEG_POS_RATIO}"
+        )
+    if r.CROP_EXPAND_TRAIN < 1 or r.CROP_EXPAND_TEST < 1:
+        raise ValueError("MODEL.RDSNET.CROP_EXPAND_TRAIN / CROP_EXPAND_TEST expand the boxes: they must be >= 1")
+    if r.MBRM_STAGE and not cfg.MODEL.WEIGHTS:
+        raise ValueError(
+            "MODEL.RDSNET.MBRM_STAGE trains MBRM on a converged model (Sec. 3.4) and freezes the rest: set "
+            "MODEL.WEIGHTS to the stage-1 checkpoint"
+        )
 
 
 def _gt_bitmasks(gt: Instances, padded_size) -> torch.Tensor:
@@ -67,6 +78,19 @@ def _gt_bitmasks(gt: Instances, padded_size) -> torch.Tensor:
         masks = BitMasks.from_polygon_masks(masks, h, w)
     t = masks.tensor.to(torch.float32)
     return F.pad(t, (0, padded_size[1] - t.shape[-1], 0, padded_size[0] - t.shape[-2]))
+
+
+def _refuse_untrained_mbrm(model, incompatible_keys):
+    """Load-state-dict post hook: refining boxes with an MBRM the checkpoint does not hold would use its untrained
+    initial kernels. Only the MBRM stage, which trains it, loads such a checkpoint."""
+    if model.mbrm is None or model.mbrm_stage:
+        return
+    missing = [k for k in incompatible_keys.missing_keys if k.startswith("mbrm.")]
+    if missing:
+        raise ValueError(
+            f"MODEL.RDSNET.BOX_REFINEMENT mbrm, but the checkpoint has no trained MBRM ({', '.join(missing)}): run the "
+            "MBRM stage on it (MODEL.RDSNET.MBRM_STAGE True) or set MODEL.RDSNET.BOX_REFINEMENT none"
+        )
 
 
 @META_ARCH_REGISTRY.register()
@@ -123,6 +147,7 @@ class RDSNet(RetinaNet):
         if mbrm_stage:
             for name, p in self.named_parameters():
                 p.requires_grad_(name.startswith("mbrm."))
+        self.register_load_state_dict_post_hook(_refuse_untrained_mbrm)
 
     @classmethod
     def from_config(cls, cfg):
@@ -173,15 +198,54 @@ class RDSNet(RetinaNet):
         return torch.stack([fg, bg], dim=1)
 
     def mask_logits(self, pixel, reps, batch_idx, crop_boxes) -> torch.Tensor:
-        """(K, h, w) z of Eq. 1 at the pixel stream's stride, -inf outside each crop box (input pixels)."""
+        """(K, h, w) z of Eq. 1 at the pixel stream's stride, -inf outside each crop box (input pixels). With ``lc``
+        the pixel representations are YOLACT's prototypes, through its ReLU."""
         stride = self.pixel_stream.out_stride
+        if self.mask_assembly == "lc":
+            pixel = torch.relu(pixel)
         return correlation_crop(pixel, self.object_kernels(reps).to(pixel.dtype), batch_idx, crop_boxes / stride)
 
-    def full_probs(self, z: torch.Tensor, image_size) -> torch.Tensor:
-        """M' (Sec. 3.3): sigmoid(z) up-sampled to the input resolution, cropped to the image (h, w)."""
+    def crop_logits(self, pixel, reps, batch_idx, crop_boxes) -> torch.Tensor:
+        """z over the crop boxes widened by one pixel-stream pixel, so that sampling it anywhere inside a crop box
+        at a finer resolution interpolates between values of the crop (not -inf)."""
         s = self.pixel_stream.out_stride
-        up = F.interpolate(torch.sigmoid(z)[:, None], scale_factor=s, mode="bilinear", align_corners=False)[:, 0]
-        return up[:, : image_size[0], : image_size[1]]
+        return self.mask_logits(pixel, reps, batch_idx, crop_boxes + crop_boxes.new_tensor([-s, -s, s, s]))
+
+    def crop_regions(self, z: torch.Tensor, crop_boxes: torch.Tensor, input_size, out_size):
+        """M' of Sec. 3.3/3.4, object by object, on its crop region only: sigmoid(z) up-sampled (bilinear, pixel
+        centres aligned) from the pixel stream to ``out_size`` (the input, or the output resolution when it differs),
+        then cropped with the crop box at that resolution (a pixel counts when its centre maps inside the box).
+        Yields (k, y0, x0, probs) with probs (rh, rw) the region starting at (y0, x0); outside it M' is 0."""
+        s = self.pixel_stream.out_stride
+        h4, w4 = z.shape[-2:]
+        sy, sx = out_size[0] / input_size[0], out_size[1] / input_size[1]
+        probs = torch.sigmoid(z.float())
+        for k in range(z.shape[0]):
+            x1, y1, x2, y2 = crop_boxes[k].tolist()
+            x0, y0 = max(int(x1 * sx), 0), max(int(y1 * sy), 0)
+            xe, ye = min(int(x2 * sx) + 1, out_size[1]), min(int(y2 * sy) + 1, out_size[0])
+            if xe <= x0 or ye <= y0:
+                continue
+            xs = (torch.arange(x0, xe, device=z.device, dtype=torch.float32) + 0.5) / sx  # input coordinates
+            ys = (torch.arange(y0, ye, device=z.device, dtype=torch.float32) + 0.5) / sy
+            grid = torch.stack(
+                torch.broadcast_tensors(xs[None, :] / (s * w4) * 2 - 1, ys[:, None] / (s * h4) * 2 - 1), dim=-1
+            )
+            region = F.grid_sample(
+                probs[k][None, None], grid[None], mode="bilinear", padding_mode="border", align_corners=False
+            )[0, 0]
+            inside = ((ys >= y1) & (ys <= y2))[:, None] & ((xs >= x1) & (xs <= x2))[None, :]
+            yield k, y0, x0, region * inside
+
+    def profiles(self, z, crop_boxes, image_size):
+        """The max-projections of M' at the input resolution (Eq. 4-5): (K, w) over each column, (K, h) each row."""
+        K = z.shape[0]
+        prof_x = z.new_zeros((K, image_size[1]), dtype=torch.float32)
+        prof_y = z.new_zeros((K, image_size[0]), dtype=torch.float32)
+        for k, y0, x0, region in self.crop_regions(z, crop_boxes, image_size, image_size):
+            prof_x[k, x0 : x0 + region.shape[1]] = region.max(dim=0).values
+            prof_y[k, y0 : y0 + region.shape[0]] = region.max(dim=1).values
+        return prof_x, prof_y
 
     # ---- training ----------------------------------------------------------------------------------------------
     def forward_training(self, images, features, predictions, gt_instances):
@@ -194,6 +258,11 @@ class RDSNet(RetinaNet):
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
         pixel = self.pixel_stream([features[i] for i in self.pixel_in_indices])
         objects = self.sample_positives(anchors, gt_labels, gt_instances)
+        if self.mbrm is not None and not self.mbrm_stage:
+            raise ValueError(
+                "MODEL.RDSNET.BOX_REFINEMENT mbrm outside the MBRM stage: MBRM is trained alone after the rest has "
+                "converged (Sec. 3.4). Train with BOX_REFINEMENT none (or direct), then MBRM_STAGE True"
+            )
         if self.mbrm_stage:
             return {
                 "loss_refine": self.refine_loss(images, pixel, anchors, pred_deltas, pred_reps, objects, gt_instances)
@@ -238,9 +307,9 @@ class RDSNet(RetinaNet):
         return rdsnet_mask_loss(z, cat(targets), valid, self.ohem, self.ohem_neg_pos_ratio)
 
     def refine_loss(self, images, pixel, anchors, pred_deltas, pred_reps, objects, gt_instances):
-        """L_refine (Sec. 3.3) on the positive anchors' regressed boxes and inference-style masks."""
+        """L_refine (Sec. 3.3) on the positive anchors' regressed boxes and their masks made as at inference."""
         all_anchors = Boxes.cat(anchors).tensor
-        losses = []
+        losses, count = [], 0
         for i, ((anchor_idx, gt_idx), gt, size) in enumerate(zip(objects, gt_instances, images.image_sizes)):
             if len(anchor_idx) == 0:
                 continue
@@ -249,14 +318,14 @@ class RDSNet(RetinaNet):
                 boxes = self.box2box_transform.apply_deltas(deltas, all_anchors[anchor_idx])
                 crop = expand_boxes(boxes, self.test_expand, size)
                 reps = cat([x[i] for x in pred_reps])[anchor_idx]
-                z = self.mask_logits(pixel[i : i + 1], reps, torch.zeros_like(anchor_idx), crop)
-            for k in range(0, len(z), MASK_CHUNK):
-                probs = self.full_probs(z[k : k + MASK_CHUNK], size)
-                gtb = gt.gt_boxes.tensor[gt_idx[k : k + MASK_CHUNK]]
-                losses.append(self.mbrm.boundary_loss(probs, boxes[k : k + MASK_CHUNK], gtb) * len(probs))
+                z = self.crop_logits(pixel[i : i + 1], reps, torch.zeros_like(anchor_idx), crop)
+                prof_x, prof_y = self.profiles(z, crop, size)
+            loss = self.mbrm.boundary_loss_from_profiles(prof_x, prof_y, boxes, gt.gt_boxes.tensor[gt_idx])
+            losses.append(loss * len(anchor_idx))
+            count += len(anchor_idx)
         if not losses:
-            return self.mbrm.kernels.sum() * 0.0
-        return sum(losses) / sum(len(o[0]) for o in objects)
+            return sum(p.sum() for p in self.mbrm.parameters()) * 0.0
+        return sum(losses) / count
 
     # ---- inference ---------------------------------------------------------------------------------------------
     def forward(self, batched_inputs):
@@ -311,39 +380,31 @@ class RDSNet(RetinaNet):
         return inst[keep[: self.max_detections_per_image]]
 
     def predict_masks(self, inst: Instances, pixel: torch.Tensor, image_size) -> Instances:
-        """Masks of the detections (cropped with the boxes x IE) at the pixel stream's stride (``pred_mask_probs``),
-        and the Table 4 box refinement at the input resolution."""
+        """The detections' correlation maps (``pred_mask_logits``, at the pixel stream's stride, over their crop boxes
+        ``pred_crop_boxes``: the detections x IE, clipped) and the Table 4 box refinement at the input resolution."""
         boxes = inst.pred_boxes.tensor
         crop = expand_boxes(boxes, self.test_expand, image_size)
-        z = self.mask_logits(
-            pixel, inst.pred_reps, torch.zeros(len(inst), dtype=torch.int64, device=boxes.device), crop
-        )
-        inst.pred_mask_probs = torch.sigmoid(z)
-        if self.box_refinement != "none" and len(inst):
-            refined = []
-            for k in range(0, len(inst), MASK_CHUNK):
-                probs = self.full_probs(z[k : k + MASK_CHUNK], image_size)
-                b = boxes[k : k + MASK_CHUNK]
-                if self.box_refinement == "mbrm":
-                    refined.append(self.mbrm(probs, b))
-                else:
-                    refined.append(mask_enclosing_boxes(probs >= self.mask_threshold, b))
-            inst.pred_boxes = Boxes(cat(refined))
+        batch_idx = torch.zeros(len(inst), dtype=torch.int64, device=boxes.device)
+        z = self.crop_logits(pixel, inst.pred_reps, batch_idx, crop)
+        inst.pred_mask_logits, inst.pred_crop_boxes = z, crop
+        if self.box_refinement == "mbrm":
+            inst.pred_boxes = Boxes(self.mbrm.refine(*self.profiles(z, crop, image_size), boxes))
+        elif self.box_refinement == "direct":
+            prof_x, prof_y = self.profiles(z, crop, image_size)
+            t = self.mask_threshold
+            inst.pred_boxes = Boxes(profile_enclosing_boxes(prof_x >= t, prof_y >= t, boxes))
         return inst
 
     def output_masks(self, inst: Instances, input_size) -> Instances:
-        """``pred_masks`` (R, H, W) bool at the output size: the stride-level probabilities up-sampled to the input,
-        cropped to the image, resized to the output and binarised (``MASK_THRESHOLD``), in chunks."""
-        probs = inst.pred_mask_probs
-        s = self.pixel_stream.out_stride
-        h, w = input_size
+        """``pred_masks`` (R, H, W) bool at the output size: each detection's M' sampled at the output pixels of its
+        crop box, binarised at ``MASK_THRESHOLD`` (Sec. 3.4); False elsewhere."""
         out_h, out_w = inst.image_size
-        masks = []
-        for k in range(0, len(inst), MASK_CHUNK):
-            up = F.interpolate(probs[k : k + MASK_CHUNK, None], scale_factor=s, mode="bilinear", align_corners=False)
-            up = F.interpolate(up[:, :, :h, :w], size=(out_h, out_w), mode="bilinear", align_corners=False)
-            masks.append(up[:, 0] >= self.mask_threshold)
-        inst.pred_masks = cat(masks) if masks else torch.zeros(0, out_h, out_w, dtype=torch.bool, device=probs.device)
-        inst.remove("pred_mask_probs")
-        inst.remove("pred_reps")
+        masks = torch.zeros(len(inst), out_h, out_w, dtype=torch.bool, device=inst.pred_mask_logits.device)
+        for k, y0, x0, region in self.crop_regions(
+            inst.pred_mask_logits, inst.pred_crop_boxes, input_size, (out_h, out_w)
+        ):
+            masks[k, y0 : y0 + region.shape[0], x0 : x0 + region.shape[1]] = region >= self.mask_threshold
+        inst.pred_masks = masks
+        for field in ("pred_mask_logits", "pred_crop_boxes", "pred_reps"):
+            inst.remove(field)
         return inst

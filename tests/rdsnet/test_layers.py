@@ -178,3 +178,20 @@ def test_sec33_mbrm_boundary_loss_is_the_cross_entropy_at_the_ground_truth_coord
     torch.testing.assert_close(loss, expected)
     loss.backward()
     assert mbrm.kernels.grad.abs().sum() > 0
+
+
+def test_sec33_mbrm_keeps_the_regressed_box_for_an_empty_mask_and_for_crossing_sides():
+    """An empty mask carries no evidence: the regressed box comes back (as for *direct*). Where the refined sides
+    would cross (a 1-px box, a neighbour's mask), that axis keeps its regressed coordinates."""
+    mbrm = MBRM(s=1, gamma=1.0)
+    boxes = torch.tensor([[10.6, 10.6, 11.2, 11.2], [2.0, 3.0, 9.0, 8.0]])
+    prof_x, prof_y = torch.zeros(2, 16), torch.zeros(2, 16)
+    prof_x[1, 3:8], prof_y[1, 4:7] = 1.0, 1.0
+    out = mbrm.refine(prof_x, prof_y, boxes)
+    torch.testing.assert_close(out[0], boxes[0])
+    assert out[1].tolist() == [3.0, 4.0, 8.0, 7.0]
+    crossing = torch.tensor([[6.0, 3.0, 7.0, 8.0]])
+    px = torch.zeros(1, 16)
+    px[0, 12:14] = 1.0  # the only evidence lies right of the box: left and right would both move past each other
+    out = MBRM(s=1, gamma=5.0).refine(px, prof_y[1:], crossing)
+    assert out[0, 2] > out[0, 0]

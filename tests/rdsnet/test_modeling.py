@@ -62,13 +62,14 @@ def test_eq1_mask_logits_are_the_correlation_of_the_heads_rows_cropped_by_the_bo
 
 
 def test_table3_lc_assembly_is_a_linear_combination_of_prototypes_with_tanh_coefficients():
-    """Table 3 row 1 (YOLACT's LC): d foreground-only coefficients through tanh, z = <tanh(c), Psi>."""
+    """Table 3 row 1 (YOLACT's LC): d foreground-only coefficients through tanh, prototypes through ReLU,
+    z = <tanh(c), ReLU(Psi)>."""
     model = _model(SYN, ["MODEL.RDSNET.REP_DIM", "3", *table_opts(3, 1)])
     assert model.head.rep_size == 3
     pixel = torch.randn(1, 3, 4, 4)
     reps = torch.randn(1, 3)
     z = model.mask_logits(pixel, reps, torch.tensor([0]), torch.tensor([[0.0, 0.0, 16.0, 16.0]]))
-    torch.testing.assert_close(z[0], torch.einsum("d,dhw->hw", torch.tanh(reps[0]), pixel[0]))
+    torch.testing.assert_close(z[0], torch.einsum("d,dhw->hw", torch.tanh(reps[0]), torch.relu(pixel[0])))
 
 
 def test_sec34_training_crops_with_the_gt_boxes_expanded_and_at_most_max_masks_per_image():
@@ -118,11 +119,14 @@ def _rows():
 def test_tables_3_and_4_every_row_trains_with_empty_images_and_predicts(table, row):
     """Every row of Table 3 (LC / Corr, TE, OHEM, IE) and Table 4 (baseline / direct / MBRM): a training step with an
     image without instances and one with a batch without any, then prediction with masks at the output size."""
-    model = _model(SYN, table_opts(3 if table == "table3" else 4, row) + ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"])
+    opts = table_opts(3 if table == "table3" else 4, row) + ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"]
+    if row == "mbrm":  # MBRM trains in its own stage (Sec. 3.4), from a converged model
+        opts += ["MODEL.RDSNET.MBRM_STAGE", "True", "MODEL.WEIGHTS", "stage1.pth"]
+    model = _model(SYN, opts)
     with EventStorage(0):
         for empty in ((1,), (0, 1)):
             losses = model(synthetic_batch(2, empty=empty))
-            assert set(losses) == {"loss_cls", "loss_box_reg", "loss_mask"}
+            assert set(losses) == ({"loss_refine"} if row == "mbrm" else {"loss_cls", "loss_box_reg", "loss_mask"})
             assert all(torch.isfinite(v) for v in losses.values())
             sum(losses.values()).backward()
     model.eval()
@@ -187,6 +191,9 @@ def test_masks_off_is_retinanet_with_the_same_weights():
         (["MODEL.RDSNET.BOX_REFINEMENT", "box"], "BOX_REFINEMENT must be one of"),
         (["MODEL.MASK_ON", "False"], "which MODEL.MASK_ON=False removes"),  # with BOX_REFINEMENT mbrm below
         (["MODEL.RDSNET.MBRM_STAGE", "True"], "MBRM_STAGE trains MBRM"),
+        (["MODEL.RDSNET.BOX_REFINEMENT", "mbrm", "MODEL.RDSNET.MBRM_STAGE", "True"], "set MODEL.WEIGHTS"),
+        (["MODEL.RDSNET.OHEM_NEG_POS_RATIO", "0.0"], "OHEM_NEG_POS_RATIO must be > 0"),
+        (["MODEL.RDSNET.CROP_EXPAND_TEST", "0.8"], "must be >= 1"),
         (["MODEL.RDSNET.PIXEL_IN_FEATURES", "['p2', 'p3']"], "must be among MODEL.RETINANET.IN_FEATURES"),
     ],
 )
@@ -203,3 +210,52 @@ def test_inference_without_detections_gives_empty_instances():
     with torch.no_grad():
         inst = model(_images(synthetic_batch(1, empty=())))[0]["instances"]
     assert len(inst) == 0 and inst.pred_masks.shape == (0, 96, 96)
+
+
+def test_mbrm_outside_its_stage_refuses_to_train_and_to_load_a_checkpoint_without_it():
+    """MBRM is trained alone after convergence (Sec. 3.4): training it jointly, or refining with the untrained initial
+    kernels of a checkpoint that has none, stops with one message."""
+    model = _model(SYN, table_opts(4, "mbrm"))
+    with EventStorage(0), pytest.raises(ValueError, match="outside the MBRM stage"):
+        model(synthetic_batch(2, empty=(1,)))
+    stage1 = {k: v for k, v in model.state_dict().items() if not k.startswith("mbrm.")}
+    with pytest.raises(ValueError, match="the checkpoint has no trained MBRM"):
+        model.load_state_dict(stage1, strict=False)
+    model.load_state_dict(model.state_dict())  # a checkpoint with MBRM loads
+    stage = _model(MBRM_STAGE)
+    stage.load_state_dict(stage1, strict=False)  # the MBRM stage starts from a stage-1 checkpoint
+
+
+def test_sec34_masks_are_upsampled_to_the_input_then_cropped_with_the_expanded_box():
+    """Sec. 3.4: M' is the correlation map up-sampled to the input size (bilinear, pixel centres aligned) and then
+    cropped with the detection x1.2 at the input resolution; checked against F.interpolate of the whole map, for the
+    output masks at the input size and at twice it."""
+    from torch.nn import functional as F
+
+    model = _model(SYN)
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(2, 24, 24, generator=g) * 3  # the stride-4 logits of a 96 x 96 input, over the whole map
+    crops = torch.tensor([[10.3, 20.7, 50.2, 61.9], [0.0, 33.0, 95.0, 96.0]])
+    # M (the probabilities of Eq. 1) is what is up-sampled
+    up = F.interpolate(torch.sigmoid(z)[:, None], scale_factor=4, mode="bilinear", align_corners=False)[:, 0]
+    centres = torch.arange(96) + 0.5
+    for k, (x1, y1, x2, y2) in enumerate(crops.tolist()):
+        inside = ((centres >= y1) & (centres <= y2))[:, None] & ((centres >= x1) & (centres <= x2))[None, :]
+        want = up[k] * inside
+        got = torch.zeros(96, 96)
+        for kk, y0, x0, region in model.crop_regions(z, crops, (96, 96), (96, 96)):
+            if kk == k:
+                got[y0 : y0 + region.shape[0], x0 : x0 + region.shape[1]] = region
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        prof_x, prof_y = model.profiles(z, crops, (96, 96))
+        torch.testing.assert_close(prof_x[k], want.max(dim=0).values, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(prof_y[k], want.max(dim=1).values, atol=1e-5, rtol=1e-5)
+    # at an output twice the input: the same map sampled at the output pixels' centres
+    up2 = F.interpolate(torch.sigmoid(z)[:1, None], scale_factor=8, mode="bilinear", align_corners=False)[0, 0]
+    c2 = (torch.arange(192) + 0.5) / 2
+    x1, y1, x2, y2 = crops[0].tolist()
+    inside2 = ((c2 >= y1) & (c2 <= y2))[:, None] & ((c2 >= x1) & (c2 <= x2))[None, :]
+    got2 = torch.zeros(192, 192)
+    for _k, y0, x0, region in model.crop_regions(z[:1], crops[:1], (96, 96), (192, 192)):
+        got2[y0 : y0 + region.shape[0], x0 : x0 + region.shape[1]] = region
+    torch.testing.assert_close(got2, up2 * inside2, atol=1e-5, rtol=1e-5)

@@ -266,6 +266,38 @@ def test_solver_optimizer_switch():
         Trainer.build_optimizer(cfg, model)
 
 
+def test_full_model_gradient_clipping_clips_the_norm_of_all_gradients_together():
+    """SOLVER.CLIP_GRADIENTS.CLIP_TYPE full_model (RDSNet's recipe: mmdetection's grad_clip max_norm 35): the total
+    norm over every parameter is scaled to CLIP_VALUE, not each parameter's own (detectron2's "norm")."""
+    from instseg.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    cfg.SOLVER.BASE_LR, cfg.SOLVER.MOMENTUM, cfg.SOLVER.WEIGHT_DECAY = 1.0, 0.0, 0.0
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 5.0
+    model = torch.nn.Linear(2, 1, bias=True)
+    grads = {"weight": torch.tensor([[3.0, 4.0]]), "bias": torch.tensor([12.0])}  # norms 5 and 12, total 13
+
+    def step(clip_type):
+        cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = clip_type
+        with torch.no_grad():
+            model.weight.zero_()
+            model.bias.zero_()
+        opt = Trainer.build_optimizer(cfg, model)
+        for n, p in model.named_parameters():
+            p.grad = grads[n].clone()
+        opt.step()
+        return -model.weight.detach().clone(), -model.bias.detach().clone()
+
+    w, b = step("full_model")
+    torch.testing.assert_close(w, grads["weight"] * 5 / 13)
+    torch.testing.assert_close(b, grads["bias"] * 5 / 13)
+    w, b = step("norm")  # detectron2's per-parameter clipping, for contrast
+    torch.testing.assert_close(w, grads["weight"])
+    torch.testing.assert_close(b, grads["bias"] * 5 / 12)
+
+
 def test_cpu_processes_share_the_cores(monkeypatch):
     """`--num-gpus N` on a CPU: each process gets cores // N threads, unless OMP_NUM_THREADS says otherwise."""
     from instseg.cpu import usable_cores
