@@ -30,8 +30,12 @@ def _tower(in_channels: int, dims: List[int], norm: str, num_levels: int) -> nn.
 
 class RDSNetHead(RetinaNetHead):
     """``RetinaNetHead`` plus the representation tower (Sec. 3.1, "a new branch in parallel with the classification
-    and regression branches"): ``rep_num_convs`` x conv3x3 (+ norm) + ReLU, then a 3x3 conv giving each anchor its
-    object representation, 2 x d (``lc``: d coefficients). ``forward`` returns (logits, deltas, reps) per level."""
+    and regression branches"): ``rep_num_convs`` x conv3x3 (+ norm) + ReLU, then a 3x3 conv (``rep_pred``) giving each
+    anchor its object representation, 2 x d (``lc``: d coefficients).
+
+    ``forward`` returns (logits, deltas, rep features) per level: the tower's output, before ``rep_pred``. Training
+    applies ``rep_pred`` everywhere (``predict_reps``); inference only at the anchors of the detections kept after NMS
+    (``reps_at``, the same numbers), which saves a 576-channel 3x3 conv over every position of P3-P7."""
 
     @configurable
     def __init__(self, *, rep_dim: int, rep_num_convs: int, mask_assembly: str = "corr", **kwargs):
@@ -58,8 +62,31 @@ class RDSNetHead(RetinaNetHead):
 
     def forward(self, features: List[torch.Tensor]):
         logits, deltas = super().forward(features)
-        reps = [self.rep_pred(self.rep_subnet(f)) for f in features]
-        return logits, deltas, reps
+        return logits, deltas, [self.rep_subnet(f) for f in features]
+
+    def predict_reps(self, rep_features: List[torch.Tensor]) -> List[torch.Tensor]:
+        """The representations of every anchor: (N, A x rep_size, H, W) per level."""
+        return [self.rep_pred(f) for f in rep_features]
+
+    def reps_at(self, rep_feature: torch.Tensor, anchor_idx: torch.Tensor) -> torch.Tensor:
+        """(K, rep_size): ``rep_pred`` evaluated at the given anchors of one image's level only. ``rep_feature`` is
+        (C, H, W); ``anchor_idx`` indexes detectron2's (H x W x A) order, (y * W + x) * A + a."""
+        C, H, W = rep_feature.shape
+        rs = self.rep_size
+        A = self.rep_pred.out_channels // rs
+        pos, a = anchor_idx // A, anchor_idx % A
+        y, x = pos // W, pos % W
+        r = torch.arange(3, device=rep_feature.device)
+        padded = F.pad(rep_feature, (1, 1, 1, 1))
+        patches = padded[:, (y[:, None] + r)[:, :, None], (x[:, None] + r)[:, None, :]]  # (C, K, 3, 3)
+        patches = patches.permute(1, 0, 2, 3).reshape(len(anchor_idx), C * 9)
+        weight = self.rep_pred.weight.view(A, rs, C * 9)
+        bias = self.rep_pred.bias.view(A, rs)
+        out = patches.new_empty((len(anchor_idx), rs))
+        for k in a.unique().tolist():
+            sel = a == k
+            out[sel] = patches[sel] @ weight[k].T + bias[k]
+        return out
 
 
 class PixelStream(nn.Module):

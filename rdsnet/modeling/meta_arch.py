@@ -251,8 +251,9 @@ class RDSNet(RetinaNet):
     def forward_training(self, images, features, predictions, gt_instances):
         if not self.mask_on:
             return super().forward_training(images, features, predictions, gt_instances)
+        logits, deltas, rep_features = predictions
         pred_logits, pred_deltas, pred_reps = self._transpose_dense_predictions(
-            predictions, [self.num_classes, 4, self.head.rep_size]
+            [logits, deltas, self.head.predict_reps(rep_features)], [self.num_classes, 4, self.head.rep_size]
         )
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
@@ -344,9 +345,8 @@ class RDSNet(RetinaNet):
     def forward_inference(self, images, features, predictions):
         if not self.mask_on:
             return super().forward_inference(images, features, predictions)
-        pred_logits, pred_deltas, pred_reps = self._transpose_dense_predictions(
-            predictions, [self.num_classes, 4, self.head.rep_size]
-        )
+        logits, deltas, rep_features = predictions
+        pred_logits, pred_deltas = self._transpose_dense_predictions([logits, deltas], [self.num_classes, 4])
         anchors = self.anchor_generator(features)
         pixel = self.pixel_stream([features[i] for i in self.pixel_in_indices])
         results = []
@@ -355,17 +355,17 @@ class RDSNet(RetinaNet):
                 anchors,
                 [x[i].sigmoid() for x in pred_logits],
                 [x[i] for x in pred_deltas],
-                [x[i] for x in pred_reps],
+                lambda level, idx, i=i: self.head.reps_at(rep_features[level][i], idx),
                 size,
             )
             results.append(self.predict_masks(inst, pixel[i : i + 1], size))
         return results
 
-    def detections_with_reps(self, anchors: List[Boxes], scores, deltas, reps, image_size) -> Instances:
-        """RetinaNet's inference (score threshold, per-level top-k, class-wise NMS, detections per image), with each
-        detection carrying its anchor's representation (``pred_reps``)."""
+    def detections_with_reps(self, anchors: List[Boxes], scores, deltas, reps_fn, image_size) -> Instances:
+        """RetinaNet's inference (score threshold, per-level top-k, class-wise NMS, detections per image), then each
+        kept detection's representation (``pred_reps``): ``reps_fn(level, anchor indices)`` of its own anchor."""
         per_level = []
-        for anchors_l, scores_l, deltas_l, reps_l in zip(anchors, scores, deltas, reps):
+        for level, (anchors_l, scores_l, deltas_l) in enumerate(zip(anchors, scores, deltas)):
             keep = scores_l > self.test_score_thresh
             s = scores_l[keep]
             idx = keep.nonzero()
@@ -373,11 +373,22 @@ class RDSNet(RetinaNet):
             anchor_idx, classes = idx[top].unbind(dim=1)
             boxes = self.box2box_transform.apply_deltas(deltas_l[anchor_idx], anchors_l.tensor[anchor_idx])
             inst = Instances(image_size, pred_boxes=Boxes(boxes), scores=s, pred_classes=classes)
-            inst.pred_reps = reps_l[anchor_idx]
+            inst.anchor_idx, inst.level = anchor_idx, torch.full_like(anchor_idx, level)
             per_level.append(inst)
         inst = Instances.cat(per_level)
         keep = batched_nms(inst.pred_boxes.tensor, inst.scores, inst.pred_classes, self.test_nms_thresh)
-        return inst[keep[: self.max_detections_per_image]]
+        inst = inst[keep[: self.max_detections_per_image]]
+        reps = None
+        for level in inst.level.unique().tolist():
+            sel = inst.level == level
+            r = reps_fn(level, inst.anchor_idx[sel])
+            if reps is None:
+                reps = r.new_zeros((len(inst), r.shape[1]))
+            reps[sel] = r
+        inst.pred_reps = reps if reps is not None else boxes.new_zeros((0, self.head.rep_size))
+        inst.remove("anchor_idx")
+        inst.remove("level")
+        return inst
 
     def predict_masks(self, inst: Instances, pixel: torch.Tensor, image_size) -> Instances:
         """The detections' correlation maps (``pred_mask_logits``, at the pixel stream's stride, over their crop boxes

@@ -104,7 +104,7 @@ def test_sec34_detections_keep_their_representation_through_topk_and_nms():
     scores = [torch.tensor([[0.6, 0.0, 0, 0, 0], [0.9, 0, 0, 0, 0]]), torch.tensor([[0.0, 0.0, 0.7, 0, 0]])]
     deltas = [torch.zeros(2, 4), torch.zeros(1, 4)]
     reps = [torch.tensor([[1.0, 2, 3, 4], [5.0, 6, 7, 8]]), torch.tensor([[9.0, 10, 11, 12]])]
-    inst = model.detections_with_reps(anchors, scores, deltas, reps, (96, 96))
+    inst = model.detections_with_reps(anchors, scores, deltas, lambda level, idx: reps[level][idx], (96, 96))
     assert inst.scores.tolist() == pytest.approx([0.9, 0.7])
     assert inst.pred_classes.tolist() == [0, 2]
     assert inst.pred_reps.tolist() == [[5.0, 6, 7, 8], [9.0, 10, 11, 12]]
@@ -259,3 +259,16 @@ def test_sec34_masks_are_upsampled_to_the_input_then_cropped_with_the_expanded_b
     for _k, y0, x0, region in model.crop_regions(z[:1], crops[:1], (96, 96), (192, 192)):
         got2[y0 : y0 + region.shape[0], x0 : x0 + region.shape[1]] = region
     torch.testing.assert_close(got2, up2 * inside2, atol=1e-5, rtol=1e-5)
+
+
+def test_reps_at_the_kept_anchors_equal_the_dense_representation_conv():
+    """Inference evaluates the representation conv only at the detections' anchors: the same numbers as the dense
+    conv read at (y, x, a) in detectron2's (H x W x A) order, also at the map's borders."""
+    model = _model(SYN, ["MODEL.RDSNET.REP_DIM", "4"])
+    head = model.head
+    feature = torch.randn(1, head.rep_pred.in_channels, 5, 7)
+    dense = head.predict_reps([feature])[0]  # (1, A * rs, 5, 7)
+    A, rs = head.rep_pred.out_channels // head.rep_size, head.rep_size
+    flat = dense.view(1, A, rs, 5, 7).permute(0, 3, 4, 1, 2).reshape(-1, rs)  # (H * W * A, rs)
+    idx = torch.tensor([0, 1, 8, 5 * 7 * A - 1, 3 * 7 * A + 6 * A + 2, 17])
+    torch.testing.assert_close(head.reps_at(feature[0], idx), flat[idx], rtol=1e-4, atol=1e-5)
