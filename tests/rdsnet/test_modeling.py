@@ -272,3 +272,33 @@ def test_reps_at_the_kept_anchors_equal_the_dense_representation_conv():
     flat = dense.view(1, A, rs, 5, 7).permute(0, 3, 4, 1, 2).reshape(-1, rs)  # (H * W * A, rs)
     idx = torch.tensor([0, 1, 8, 5 * 7 * A - 1, 3 * 7 * A + 6 * A + 2, 17])
     torch.testing.assert_close(head.reps_at(feature[0], idx), flat[idx], rtol=1e-4, atol=1e-5)
+
+
+def test_train_net_two_stages_eval_only_and_default_predictor(tmp_path, datasets_dir):
+    """RDSNet through detectron2's tools: stage 1 trains and evaluates (COCO evaluator, masks and boxes), the MBRM stage
+    loads its checkpoint, trains MBRM alone and evaluates with the refined boxes, --eval-only reproduces it, and
+    DefaultPredictor predicts masks from the final checkpoint."""
+    import numpy as np
+    from detectron2.engine import DefaultPredictor
+
+    import train_net
+    from tests.utils import TINY
+
+    one, two = tmp_path / "stage1", tmp_path / "mbrm"
+    tiny = [*TINY, "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"]
+    res1 = train_net.run(["--config-file", SYN, *tiny, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(one)])
+    assert {"bbox", "segm"} <= set(res1)
+    stage1 = torch.load(one / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    opts2 = [*tiny, "SOLVER.MAX_ITER", "2", "MODEL.WEIGHTS", str(one / "model_final.pth"), "OUTPUT_DIR", str(two)]
+    res2 = train_net.run(["--config-file", MBRM_STAGE, *opts2])
+    final = torch.load(two / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    for k, v in stage1.items():  # everything but MBRM is stage 1's
+        assert torch.equal(final[k], v), k
+    assert any(k.startswith("mbrm.") for k in final)
+    opts3 = [*opts2[:-4], "MODEL.WEIGHTS", str(two / "model_final.pth"), "OUTPUT_DIR", str(two)]
+    res3 = train_net.run(["--config-file", MBRM_STAGE, "--eval-only", *opts3])
+    assert res3["bbox"]["AP"] == pytest.approx(res2["bbox"]["AP"])
+    cfg = _cfg(SYN, [*tiny, *table_opts(4, "mbrm"), "MODEL.WEIGHTS", str(two / "model_final.pth")])
+    image = synthetic_batch(1, empty=())[0]["image"].permute(1, 2, 0).numpy()
+    inst = DefaultPredictor(cfg)(np.ascontiguousarray(image))["instances"]
+    assert len(inst) > 0 and inst.pred_masks.shape[1:] == (96, 96)
