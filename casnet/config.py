@@ -1,5 +1,6 @@
-"""``add_casnet_config``: the keys of CASNet (``papers/casnet.txt``). The model arrives with its issue; today the
-node holds the keys of the IoU-vote clustering op (``casnet.layers.iou_vote``)."""
+"""``add_casnet_config``: the keys of CASNet (``papers/casnet.txt``). The model (a meta-architecture on an HRNet backbone)
+arrives with the next slice of issue 16; today the node holds the keys of the torch-only layers (``casnet.layers``:
+targets, post-processing, the IoU-vote clustering op). Values the paper does not give are ours, marked so."""
 
 
 def add_casnet_config(cfg) -> None:
@@ -8,8 +9,21 @@ def add_casnet_config(cfg) -> None:
 
     cfg.MODEL.CASNET = CN()
     _C = cfg.MODEL.CASNET
-    # IoU-vote clustering (Sec. III-C, "Post processing"); the paper gives no values, these are ours:
-    # a pixel joins no seed when its best IoU is <= IOU_VOTE_MIN_IOU
+    # the heads' output stride (ours: 4, the middle of HRNet's 1/2, 1/4, 1/8 outputs); the attributes are divided by it
+    _C.OUTPUT_STRIDE = 4
+    # Eq. 3's targets: 1 within this many strides of a box's centre, clipped to the box (FCOS's centre sampling; ours)
+    _C.CENTRE_RADIUS = 1.5
+    # Eq. 4: L = ALPHA Lcls + BETA Lcommon + GAMMA Lprob (Sec. IV: all 1)
+    _C.ALPHA = 1.0
+    _C.BETA = 1.0
+    _C.GAMMA = 1.0
+    # post-processing (Sec. III-C): seeds above this centre probability (the paper's example, 0.5), then NMS (ours)
+    _C.SEED_THRESHOLD = 0.5
+    _C.SEED_NMS_THRESHOLD = 0.5
+    # IoU-vote clustering (ours): a pixel joins no seed when its best IoU is <= IOU_VOTE_MIN_IOU; seeds whose IoU is
+    # within IOU_VOTE_TIE_EPS of the best are "approximately the same": the centre decides
     _C.IOU_VOTE_MIN_IOU = 0.0
-    # seeds whose IoU is within IOU_VOTE_TIE_EPS of the best are "approximately the same": the centre decides
     _C.IOU_VOTE_TIE_EPS = 1e-3
+    # instance scores (the paper is silent): "seed_x_semantic" (the seed's centre probability x the instance's mean
+    # semantic probability of its class) or "seed"
+    _C.SCORE_MODE = "seed_x_semantic"

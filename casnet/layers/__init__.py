@@ -1,5 +1,19 @@
-"""CASNet layers that need only torch: the IoU-vote clustering op (Sec. III-C)."""
+"""CASNet layers that need only torch: the IoU-vote clustering op and the post-processing around it (Sec. III-C),
+and the training targets (Sec. III-A/B)."""
 
 from .iou_vote import iou_vote, iou_vote_numpy, iou_vote_reference
+from .postprocess import SCORE_MODES, casnet_postprocess, pixel_boxes
+from .targets import attribute_targets, centre_targets, pixel_owners, semantic_from_instances
 
-__all__ = ["iou_vote", "iou_vote_reference", "iou_vote_numpy"]
+__all__ = [
+    "SCORE_MODES",
+    "attribute_targets",
+    "casnet_postprocess",
+    "centre_targets",
+    "iou_vote",
+    "iou_vote_numpy",
+    "iou_vote_reference",
+    "pixel_boxes",
+    "pixel_owners",
+    "semantic_from_instances",
+]

@@ -1,0 +1,102 @@
+"""CASNet's post-processing (Sec. III-C, "common attribute support"), torch only: from the three heads' outputs at
+one image's output stride to non-overlapping instances.
+
+1. semantic labels: argmax of the semantic head;
+2. seeds, class by class: the positions whose box (centre-)probability for class c exceeds ``seed_threshold`` (0.5,
+   the paper's example), each with the box its own attributes give, NMS among them (``nms_threshold``; the paper gives
+   none);
+3. every pixel of a thing class votes, through ``iou_vote`` (our op), for the seed of its class whose box has the
+   highest IoU with its own box, the geometric centre deciding near-ties; a pixel of a class without seeds, or whose
+   best IoU is not above ``min_iou``, joins no instance;
+4. seeds without support are dropped; each remaining seed is an instance: its pixels (at most one instance per
+   pixel: no overlap, no hole between instances), its seed box, its class.
+
+Scores (the paper is silent; ``score_mode``): ``seed_x_semantic`` (default) = the seed's centre probability x the mean
+semantic probability of the instance's class over its pixels; ``seed`` = the seed's probability alone.
+"""
+
+from typing import Dict, Sequence
+
+import torch
+from torchvision.ops import batched_nms
+
+from .iou_vote import iou_vote
+
+SCORE_MODES = ("seed_x_semantic", "seed")
+
+
+def pixel_boxes(distances: torch.Tensor) -> torch.Tensor:
+    """(h, w, 4) XYXY boxes, in output pixels, that each pixel's attributes (l, t, r, b) (4, h, w) describe around its
+    centre (j + 0.5, i + 0.5), the convention of ``iou_vote``."""
+    h, w = distances.shape[-2:]
+    cy = torch.arange(h, device=distances.device, dtype=distances.dtype)[:, None] + 0.5
+    cx = torch.arange(w, device=distances.device, dtype=distances.dtype)[None, :] + 0.5
+    left, top, right, bottom = distances
+    return torch.stack([cx - left, cy - top, cx + right, cy + bottom], dim=-1)
+
+
+def casnet_postprocess(
+    sem_logits: torch.Tensor,
+    distances: torch.Tensor,
+    centre_logits: torch.Tensor,
+    thing_classes: Sequence[int],
+    seed_threshold: float = 0.5,
+    nms_threshold: float = 0.5,
+    min_iou: float = 0.0,
+    tie_eps: float = 1e-3,
+    score_mode: str = "seed_x_semantic",
+) -> Dict[str, torch.Tensor]:
+    """
+    Args:
+        sem_logits: (C, h, w) semantic head logits.
+        distances: (4, h, w) attribute head outputs (l, t, r, b) in output pixels (the stride-divided distances).
+        centre_logits: (K, h, w) box-probability head logits, one channel per thing class, in ``thing_classes`` order.
+        thing_classes: the semantic label of each of the K thing classes.
+    Returns:
+        dict with ``sem_labels`` (h, w) int64, ``instance_ids`` (h, w) int64 (index into the instances, -1 for none),
+        ``boxes`` (N, 4) XYXY output pixels, ``classes`` (N,) thing index in [0, K), ``scores`` (N,).
+    """
+    if score_mode not in SCORE_MODES:
+        raise ValueError(f"MODEL.CASNET.SCORE_MODE must be one of {SCORE_MODES}, got {score_mode!r}")
+    K = centre_logits.shape[0]
+    if K != len(thing_classes):
+        raise ValueError(f"casnet_postprocess: {K} centre channels for {len(thing_classes)} thing classes")
+    sem_probs = sem_logits.softmax(dim=0)
+    sem_labels = sem_logits.argmax(dim=0)
+    dist = distances.float()
+    boxes_map = pixel_boxes(dist)  # (h, w, 4)
+    centre = torch.sigmoid(centre_logits.float())
+    seeds_k, seeds_y, seeds_x = (centre > seed_threshold).nonzero(as_tuple=True)
+    seed_scores = centre[seeds_k, seeds_y, seeds_x]
+    seed_boxes = boxes_map[seeds_y, seeds_x]
+    keep = batched_nms(seed_boxes, seed_scores, seeds_k, nms_threshold)
+    seed_boxes, seed_scores, seeds_k = seed_boxes[keep], seed_scores[keep], seeds_k[keep]
+    # the vote runs on semantic labels: thing index k for the pixels of thing class thing_classes[k], -1 otherwise
+    thing_of_label = torch.full((sem_logits.shape[0],), -1, dtype=torch.int64, device=sem_logits.device)
+    thing_of_label[torch.as_tensor(list(thing_classes), dtype=torch.int64, device=sem_logits.device)] = torch.arange(
+        K, device=sem_logits.device
+    )
+    thing_labels = thing_of_label[sem_labels]
+    ids, support = iou_vote(thing_labels, dist, seed_boxes, seeds_k, min_iou, tie_eps)
+    kept = (support > 0).nonzero().squeeze(1)
+    remap = torch.full((len(support) + 1,), -1, dtype=torch.int64, device=ids.device)
+    remap[kept] = torch.arange(len(kept), device=ids.device)
+    instance_ids = remap[ids]  # -1 stays -1 (index -1 reads the last slot, which is -1)
+    classes = seeds_k[kept]
+    scores = seed_scores[kept]
+    if score_mode == "seed_x_semantic" and len(kept):
+        flat = instance_ids.flatten()
+        on = flat >= 0
+        labels = torch.as_tensor(list(thing_classes), device=sem_logits.device)[classes]  # semantic label per instance
+        probs = sem_probs.flatten(1)[:, on]  # (C, P)
+        per_pixel = probs[labels[flat[on]], torch.arange(int(on.sum()), device=probs.device)]
+        total = torch.zeros(len(kept), device=probs.device).index_add_(0, flat[on], per_pixel)
+        count = torch.bincount(flat[on], minlength=len(kept)).clamp(min=1)
+        scores = scores * (total / count)
+    return {
+        "sem_labels": sem_labels,
+        "instance_ids": instance_ids,
+        "boxes": seed_boxes[kept],
+        "classes": classes,
+        "scores": scores,
+    }

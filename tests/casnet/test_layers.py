@@ -1,0 +1,174 @@
+"""CASNet's torch-only targets (Sec. III-A/B: Eq. 2's attributes, Eq. 3's centre regions, instance-mode semantic
+labels) and post-processing (Sec. III-C) on hand-built maps."""
+
+import math
+
+import torch
+
+from casnet.layers import (
+    attribute_targets,
+    casnet_postprocess,
+    centre_targets,
+    pixel_boxes,
+    pixel_owners,
+    semantic_from_instances,
+)
+
+
+def _two_instances():
+    """A 16 x 24 input with two instances whose boxes overlap: A = rows 2-9, cols 2-13 (box 2,2,14,10) and B = rows
+    6-13, cols 10-21 (box 10,6,22,14); the overlap's pixels are B's (A's mask leaves them out)."""
+    masks = torch.zeros(2, 16, 24, dtype=torch.bool)
+    masks[0, 2:10, 2:14] = True
+    masks[1, 6:14, 10:22] = True
+    masks[0, 6:10, 10:14] = False  # the overlap is B's
+    boxes = torch.tensor([[2.0, 2.0, 14.0, 10.0], [10.0, 6.0, 22.0, 14.0]])
+    return masks, boxes
+
+
+def test_eq2_attribute_targets_are_the_distances_to_the_box_divided_by_the_stride_on_thing_pixels_only():
+    masks, boxes = _two_instances()
+    owners = pixel_owners(masks, boxes, (4, 6), stride=4)  # output pixel (i, j) samples input (4i + 2, 4j + 2)
+    # output rows sample input rows 2, 6, 10, 14 and columns 2, 6, ..., 22
+    expected_owners = torch.tensor(
+        [
+            [0, 0, 0, -1, -1, -1],  # row 2: A covers cols 2-13
+            [0, 0, 1, 1, 1, -1],  # row 6: cols 10-13 are the overlap, B's; B covers cols 10-21
+            [-1, -1, 1, 1, 1, -1],  # row 10: below A
+            [-1, -1, -1, -1, -1, -1],  # row 14: below B
+        ]
+    )
+    assert torch.equal(owners, expected_owners)
+    dist, valid = attribute_targets(owners, boxes, stride=4)
+    assert torch.equal(valid, owners >= 0)
+    # pixel (1, 1): centre (6, 6), instance A (2, 2, 14, 10): l = 4, t = 4, r = 8, b = 4, over the stride 4
+    torch.testing.assert_close(dist[:, 1, 1], torch.tensor([1.0, 1.0, 2.0, 1.0]))
+    # pixel (2, 4): centre (18, 10), instance B (10, 6, 22, 14): l = 8, t = 4, r = 4, b = 4
+    torch.testing.assert_close(dist[:, 2, 4], torch.tensor([2.0, 1.0, 1.0, 1.0]))
+    assert (dist[:, ~valid] == 0).all()
+
+
+def test_overlapping_masks_go_to_the_smallest_instance():
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0, :, :] = True
+    masks[1, 2:6, 2:6] = True
+    owners = pixel_owners(masks, torch.tensor([[0.0, 0, 8, 8], [2.0, 2, 6, 6]]), (4, 4), stride=2)
+    assert owners[1:3, 1:3].eq(1).all() and owners[0].eq(0).all()
+
+
+def test_eq3_centre_targets_are_fcos_centre_regions_clipped_to_the_box_in_the_class_channel():
+    """Radius 1.5 strides around the box centre, clipped to the box, in the box's class channel."""
+    boxes = torch.tensor([[0.0, 0.0, 40.0, 16.0], [30.0, 20.0, 34.0, 40.0]])
+    t = centre_targets(boxes, torch.tensor([2, 0]), 3, (12, 12), stride=4, radius=1.5)
+    # box 0: centre (20, 8), region x in [14, 26], y in [2, 14] -> centres 4j + 2: cols 3..6, rows 0..3
+    want0 = torch.zeros(12, 12)
+    want0[0:4, 3:7] = 1
+    assert torch.equal(t[2], want0)
+    # box 1 (4 px wide): centre (32, 30), region x in [30, 34] (clipped), y in [24, 36] -> col 7 (centre 30)... and
+    # col 8 (34 is the edge, centre 34 included), rows 6..8 (centres 26, 30, 34)
+    want1 = torch.zeros(12, 12)
+    want1[6:9, 7:9] = 1
+    assert torch.equal(t[0], want1)
+    assert t[1].sum() == 0
+
+
+def test_instance_mode_semantic_labels_come_from_the_instance_masks():
+    masks, boxes = _two_instances()
+    owners = pixel_owners(masks, boxes, (4, 6), stride=4)
+    labels = semantic_from_instances(owners, torch.tensor([3, 1]), background=5)
+    assert torch.equal(labels, torch.where(owners == 0, 3, torch.where(owners == 1, 1, 5)))
+
+
+def _logit(p):
+    return math.log(p / (1 - p))
+
+
+def _maps(h, w, instances, classes=3):
+    """Semantic logits, attribute maps and centre logits from hand-made instances: (class, box, centre pixel, p)."""
+    sem = torch.full((classes, h, w), -5.0)
+    sem[0] = 5.0  # background
+    dist = torch.zeros(4, h, w)
+    centre = torch.full((classes - 1, h, w), -8.0)
+    for cls, (x1, y1, x2, y2), (ci, cj), p in instances:
+        for i in range(y1, y2):
+            for j in range(x1, x2):
+                sem[:, i, j] = -5.0
+                sem[cls, i, j] = 5.0
+                dist[:, i, j] = torch.tensor([j + 0.5 - x1, i + 0.5 - y1, x2 - j - 0.5, y2 - i - 0.5])
+        centre[cls - 1, ci, cj] = _logit(p)
+    return sem, dist, centre
+
+
+def test_sec3c_two_overlapping_boxes_are_split_by_their_pixels_attributes():
+    """Two class-1 instances whose boxes overlap (0,0,6,6) and (4,2,10,8): the pixels of the overlap (drawn last: the
+    second's) carry the second box, so they join the second seed; every thing pixel joins exactly one instance."""
+    sem, dist, centre = _maps(10, 12, [(1, (0, 0, 6, 6), (3, 3), 0.9), (1, (4, 2, 10, 8), (5, 7), 0.8)])
+    out = casnet_postprocess(sem, dist, centre, thing_classes=[1, 2], nms_threshold=0.9)
+    ids = out["instance_ids"]
+    assert len(out["scores"]) == 2
+    first, second = ids[3, 3].item(), ids[5, 7].item()
+    assert {first, second} == {0, 1}
+    assert (ids[2:8, 4:10] == second).all()  # the second box's pixels, overlap included
+    assert (ids[0:2, 0:6] == first).all() and (ids[2:6, 0:4] == first).all()
+    assert (ids[sem.argmax(0) == 0] == -1).all()
+    torch.testing.assert_close(out["boxes"][first], torch.tensor([0.0, 0, 6, 6]))
+    assert out["classes"].tolist() == [0, 0]
+
+
+def test_sec3c_a_seed_without_support_is_dropped_and_classes_do_not_mix():
+    """A class-2 seed over class-1 pixels gets no vote (pixels vote among their own class's seeds): dropped."""
+    sem, dist, centre = _maps(8, 8, [(1, (1, 1, 6, 6), (3, 3), 0.9)])
+    centre[1, 3, 4] = _logit(0.95)  # a class-2 seed where no pixel is class 2
+    out = casnet_postprocess(sem, dist, centre, thing_classes=[1, 2])
+    assert out["classes"].tolist() == [0] and len(out["boxes"]) == 1
+    assert (out["instance_ids"][1:6, 1:6] == 0).all()
+
+
+def test_sec3c_near_tie_is_decided_by_the_centre():
+    """The pixels of one class-1 region all describe the box P = (0, 0, 4, 4). Seed A's box (0, 0, 4, 4.4) has the
+    best IoU with P (0.909) but its centre is 0.2 off; seed B's box (0.1, 0.1, 3.9, 3.9) is 0.0065 behind (0.9025) with
+    P's very centre. Within tie_eps the centre decides (B); with tie_eps 0 the IoU does (A)."""
+    sem, dist, centre = _maps(8, 8, [(1, (0, 0, 4, 4), (1, 1), 0.6)])
+    centre[0, 1, 1] = -8.0  # the seeds are placed by hand below, on background pixels (which do not vote)
+    for (i, j), box, p in [((6, 6), (0.0, 0.0, 4.0, 4.4), 0.9), ((6, 1), (0.1, 0.1, 3.9, 3.9), 0.8)]:
+        x1, y1, x2, y2 = box
+        dist[:, i, j] = torch.tensor([j + 0.5 - x1, i + 0.5 - y1, x2 - j - 0.5, y2 - i - 0.5])
+        centre[0, i, j] = _logit(p)
+    for tie_eps, winner in [(0.01, (0.1, 0.1, 3.9, 3.9)), (0.0, (0.0, 0.0, 4.0, 4.4))]:
+        out = casnet_postprocess(sem, dist, centre, thing_classes=[1, 2], nms_threshold=1.0, tie_eps=tie_eps)
+        assert len(out["scores"]) == 1  # the other seed got no support: dropped
+        assert (out["instance_ids"][0:4, 0:4] == 0).all()
+        torch.testing.assert_close(out["boxes"][0], torch.tensor(winner), atol=1e-5, rtol=0)
+
+
+def test_sec3c_scores_are_seed_probability_times_mean_semantic_probability():
+    sem, dist, centre = _maps(6, 6, [(2, (0, 0, 3, 3), (1, 1), 0.8)])
+    sem[2, 0, 0] = 0.0  # one pixel less sure of class 2 (still its argmax)
+    out = casnet_postprocess(sem, dist, centre, thing_classes=[1, 2])
+    probs = sem.softmax(0)[2, 0:3, 0:3]
+    torch.testing.assert_close(out["scores"], torch.tensor([0.8]) * probs.mean(), rtol=1e-5, atol=1e-6)
+    seed_only = casnet_postprocess(sem, dist, centre, thing_classes=[1, 2], score_mode="seed")
+    torch.testing.assert_close(seed_only["scores"], torch.tensor([0.8]), rtol=1e-5, atol=1e-6)
+
+
+def test_sec3c_random_predictions_give_every_thing_pixel_at_most_one_instance_and_no_seed_without_pixels():
+    g = torch.Generator().manual_seed(0)
+    sem = torch.randn(4, 20, 24, generator=g)
+    dist = torch.rand(4, 20, 24, generator=g) * 6
+    centre = torch.randn(2, 20, 24, generator=g) * 2
+    out = casnet_postprocess(sem, dist, centre, thing_classes=[1, 3])
+    ids = out["instance_ids"]
+    n = len(out["scores"])
+    assert n > 0 and ids.min() >= -1 and ids.max() < n
+    assert torch.bincount(ids[ids >= 0], minlength=n).min() > 0  # every instance has pixels
+    things = (out["sem_labels"] == 1) | (out["sem_labels"] == 3)
+    assert (ids[~things] == -1).all()
+    for k in range(n):  # an instance's pixels all have its class
+        label = [1, 3][out["classes"][k]]
+        assert (out["sem_labels"][ids == k] == label).all()
+
+
+def test_pixel_boxes_follow_the_op_convention():
+    d = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1, 1).expand(4, 2, 3)
+    b = pixel_boxes(d)
+    torch.testing.assert_close(b[1, 2], torch.tensor([2.5 - 1, 1.5 - 2, 2.5 + 3, 1.5 + 4]))
