@@ -1,6 +1,7 @@
-"""``add_casnet_config``: the keys of CASNet (``papers/casnet.txt``). The model (a meta-architecture on an HRNet backbone)
-arrives with the next slice of issue 16; today the node holds the keys of the torch-only layers (``casnet.layers``:
-targets, post-processing, the IoU-vote clustering op). Values the paper does not give are ours, marked so."""
+"""``add_casnet_config``: the keys of CASNet (``papers/casnet.txt``). The model (a meta-architecture on an HRNet
+backbone) arrives with the next slice of issue 16; today the node holds the keys of the torch-only layers
+(``casnet.layers``: targets, post-processing, the IoU-vote clustering op). Values the paper does not give are ours,
+marked so."""
 
 
 def add_casnet_config(cfg) -> None:
