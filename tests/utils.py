@@ -90,3 +90,31 @@ def synthetic_batch(num_images=2, size=96, seed=11, empty=(1,)):
         image = torch.from_numpy(np.ascontiguousarray(scene.image.transpose(2, 0, 1)))
         batch.append({"image": image, "height": size, "width": size, "instances": inst})
     return batch
+
+
+# CPU inference at the 96 px of synthetic_batch, for model tests built from a shipped config
+SMALL_TEST = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96"]
+
+
+def config_from(path, opts=()):
+    """instseg's config (every method's keys) from a shipped YAML, ``opts`` and ``SMALL_TEST``."""
+    from instseg.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(path)
+    cfg.merge_from_list(list(opts) + SMALL_TEST)
+    return cfg
+
+
+def seeded_model(path, opts=(), seed=0):
+    """``build_model(config_from(path, opts))`` with the torch seed set first (the same weights for the same seed)."""
+    import torch
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(seed)
+    return build_model(config_from(path, opts))
+
+
+def images_only(batch):
+    """The inference inputs of a ``synthetic_batch``: each dict without its "instances"."""
+    return [{k: v for k, v in d.items() if k != "instances"} for d in batch]

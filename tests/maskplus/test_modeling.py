@@ -5,17 +5,15 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from tests.utils import TINY, importorskip_detectron2, synthetic_batch
+from tests.utils import TINY, config_from, images_only, importorskip_detectron2, seeded_model, synthetic_batch
 
 importorskip_detectron2()
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 from torchvision.ops import roi_align  # noqa: E402
 
-from instseg.config import get_cfg  # noqa: E402
 from instseg.registry import load_methods  # noqa: E402
 from maskplus.config import TABLE_ROWS, table_opts  # noqa: E402
 from maskplus.layers import ImprovedBoundaryRefinement, OriginalBoundaryRefinement  # noqa: E402
@@ -32,25 +30,19 @@ load_methods()
 SYN = "configs/MaskPlus/maskplus_R_18_FPN_synthetic.yaml"
 SYN_PLUS = "configs/MaskPlus/maskplus_plus_cascade_R_18_FPN_synthetic.yaml"
 BASELINE = "configs/Baselines/mask_rcnn_R_18_FPN_synthetic.yaml"
-SMALL = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96"]
 # the Table 1 rows state the paper's widths, which end in the paper's 256 FPN channels
 WIDE_FPN = ["MODEL.FPN.OUT_CHANNELS", "256"]
 
 
 def _cfg(path=SYN, opts=()):
-    cfg = get_cfg()
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(list(opts) + SMALL)
-    return cfg
+    return config_from(path, opts)
 
 
 def _model(path=SYN, opts=(), seed=0):
-    torch.manual_seed(seed)
-    return build_model(_cfg(path, opts))
+    return seeded_model(path, opts, seed)
 
 
-def _images(batch):
-    return [{k: v for k, v in d.items() if k != "instances"} for d in batch]
+_images = images_only
 
 
 def _row_opts(row):

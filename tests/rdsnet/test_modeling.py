@@ -5,15 +5,13 @@ masks off = RetinaNet."""
 import pytest
 import torch
 
-from tests.utils import importorskip_detectron2, synthetic_batch
+from tests.utils import config_from, images_only, importorskip_detectron2, seeded_model, synthetic_batch
 
 importorskip_detectron2()
 
-from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
-from instseg.config import get_cfg  # noqa: E402
 from instseg.registry import load_methods  # noqa: E402
 from rdsnet.config import TABLE3_ROWS, TABLE4_ROWS, table_opts  # noqa: E402
 from rdsnet.layers import expand_boxes  # noqa: E402
@@ -24,23 +22,17 @@ load_methods()
 SYN = "configs/RDSNet/rdsnet_R_18_FPN_synthetic.yaml"
 MBRM_STAGE = "configs/RDSNet/rdsnet_mbrm_R_18_FPN_synthetic.yaml"
 RETINANET = "configs/Baselines/retinanet_R_18_FPN_synthetic.yaml"
-SMALL = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96"]
 
 
 def _cfg(path=SYN, opts=()):
-    cfg = get_cfg()
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(list(opts) + SMALL)
-    return cfg
+    return config_from(path, opts)
 
 
 def _model(path=SYN, opts=(), seed=0):
-    torch.manual_seed(seed)
-    return build_model(_cfg(path, opts))
+    return seeded_model(path, opts, seed)
 
 
-def _images(batch):
-    return [{k: v for k, v in d.items() if k != "instances"} for d in batch]
+_images = images_only
 
 
 def test_eq1_mask_logits_are_the_correlation_of_the_heads_rows_cropped_by_the_box():
