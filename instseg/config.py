@@ -17,8 +17,16 @@ def method_config_functions():
 
 def add_instseg_config(cfg) -> None:
     """Keys instseg adds outside the method nodes."""
+    from detectron2.config import CfgNode as CN
+
     # "SGD" (detectron2's optimizer) or "AdamW" (same parameter groups, lr and weight decay)
     cfg.SOLVER.OPTIMIZER = "SGD"
+    # timm's HRNet as a backbone (instseg/modeling/hrnet.py): the model, the outputs kept (0: the stem at stride 2,
+    # 1-4: the branches at strides 4-32), timm's ImageNet weights or not
+    cfg.MODEL.HRNET = CN()
+    cfg.MODEL.HRNET.NAME = "hrnet_w48"
+    cfg.MODEL.HRNET.OUT_INDICES = [0, 1, 2]
+    cfg.MODEL.HRNET.PRETRAINED = False
 
 
 def get_cfg():

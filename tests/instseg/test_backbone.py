@@ -60,3 +60,31 @@ def test_half_width_has_a_quarter_of_the_backbone():
 def test_bad_config(depth, width, match):
     with pytest.raises(ValueError, match=match):
         build_backbone(_cfg("build_basic_resnet_fpn_backbone", depth, width), ShapeSpec(channels=3))
+
+
+def test_timm_hrnet_backbone_returns_the_raw_branches_with_their_shapes():
+    """CASNet's backbone (Sec. III-A): timm's HRNet wrapped, outputs at 1/2 (the stem), 1/4 and 1/8 by default; every
+    output's channels and stride as output_shape says, and the same tensors as timm's own model on the same weights."""
+    pytest.importorskip("timm", reason="timm is in requirements.txt (make venv installs it)")
+    import timm
+
+    cfg = get_cfg()
+    cfg.MODEL.BACKBONE.NAME = "build_timm_hrnet_backbone"
+    cfg.MODEL.HRNET.NAME = "hrnet_w18_small"
+    backbone = build_backbone(cfg, ShapeSpec(channels=3))
+    shapes = backbone.output_shape()
+    assert list(shapes) == ["s2", "s4", "s8"]
+    assert [(s.channels, s.stride) for s in shapes.values()] == [(64, 2), (16, 4), (32, 8)]
+    x = torch.randn(1, 3, 64, 96)
+    out = backbone(x)
+    for name, s in shapes.items():
+        assert out[name].shape == (1, s.channels, 64 // s.stride, 96 // s.stride)
+    ref = timm.create_model("hrnet_w18_small", features_only=True, feature_location="", out_indices=(0, 1, 2))
+    ref.load_state_dict(backbone.body.state_dict())
+    for a, b in zip(ref.eval()(x), backbone.eval()(x).values()):
+        torch.testing.assert_close(a, b)
+    cfg.MODEL.HRNET.OUT_INDICES = [1, 2, 3, 4]
+    assert [s.stride for s in build_backbone(cfg, ShapeSpec(channels=3)).output_shape().values()] == [4, 8, 16, 32]
+    cfg.MODEL.HRNET.NAME = "hrnet_w99"
+    with pytest.raises(ValueError, match="MODEL.HRNET.NAME must be one of"):
+        build_backbone(cfg, ShapeSpec(channels=3))
