@@ -97,6 +97,8 @@ def test_two_processes_on_cpu(tmp_path, datasets_dir):
         os.path.join(ROOT, "train_net.py"),
         "--num-gpus",
         "2",
+        "--dist-url",
+        "auto",  # a free port: detectron2's default port is per user, taken by any other 2-process run
         "--config-file",
         BASELINE,
         *TINY,
