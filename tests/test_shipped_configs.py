@@ -85,6 +85,8 @@ def test_shipped_config_builds_trains_a_step_and_predicts(name, cls_agnostic):
     mask_losses = [k for k in losses if k.startswith("loss_mask")]
     if cfg.MODEL.RDSNET.MBRM_STAGE:  # RDSNet's second stage trains MBRM alone (Sec. 3.4)
         assert set(losses) == {"loss_refine"}
+    elif cfg.MODEL.META_ARCHITECTURE == "CASNet":  # masks from clustering: Eq. 4's three losses
+        assert set(losses) == {"loss_sem", "loss_common", "loss_prob"}
     else:
         assert bool(mask_losses) == cfg.MODEL.MASK_ON
     sum(losses.values()).backward()

@@ -46,6 +46,8 @@ def attribute_targets(owners: torch.Tensor, boxes: torch.Tensor, stride: int):
     divided by the stride; (4, h, w) and the (h, w) bool mask of the thing pixels (the only ones with a target)."""
     h, w = owners.shape
     valid = owners >= 0
+    if boxes.shape[0] == 0:  # an image without instances: no thing pixel
+        return torch.zeros((4, h, w), dtype=torch.float32, device=owners.device), valid
     cy = _centres(h, stride, owners.device)[:, None].expand(h, w)
     cx = _centres(w, stride, owners.device)[None, :].expand(h, w)
     b = boxes.to(torch.float32)[owners.clamp(min=0)]  # (h, w, 4)
