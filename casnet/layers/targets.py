@@ -55,9 +55,16 @@ def attribute_targets(owners: torch.Tensor, boxes: torch.Tensor, stride: int):
     return torch.where(valid[None], dist, torch.zeros_like(dist)), valid
 
 
-def centre_targets(boxes, classes, num_classes: int, out_size: Tuple[int, int], stride: int, radius: float = 1.5):
+def centre_targets(
+    boxes, classes, num_classes: int, out_size: Tuple[int, int], stride: int, radius: float = 1.5, owners=None
+):
     """Eq. 3's targets (FCOS's centre sampling): 1 at the output pixels of class ``c``'s channel whose centre lies
-    within ``radius`` x stride of a class-``c`` box's centre, that region clipped to the box; 0 elsewhere. (C, h, w)."""
+    within ``radius`` x stride of a class-``c`` box's centre, that region clipped to the box; 0 elsewhere. (C, h, w).
+
+    With ``owners`` (``pixel_owners``), a positive must also be one of the instance's own pixels: at inference a seed's
+    box is read from the attributes at the seed, which are trained on the instance's pixels only (a ring's centre is
+    its hole; an occluder may cover the centre). An instance with no own pixel in the region gets its own pixel
+    nearest to the box centre instead; one with no own pixel at all gets none."""
     h, w = out_size
     out = torch.zeros((num_classes, h, w), dtype=torch.float32, device=boxes.device)
     if boxes.shape[0] == 0:
@@ -72,6 +79,13 @@ def centre_targets(boxes, classes, num_classes: int, out_size: Tuple[int, int], 
     inside = ((cy[None, :] >= y1[:, None]) & (cy[None, :] <= y2[:, None]))[:, :, None] & (
         (cx[None, :] >= x1[:, None]) & (cx[None, :] <= x2[:, None])
     )[:, None, :]  # (G, h, w)
+    if owners is not None:
+        own = owners[None] == torch.arange(boxes.shape[0], device=owners.device)[:, None, None]  # (G, h, w)
+        inside = inside & own
+        d2 = (cy[None, :, None] - my[:, None, None]) ** 2 + (cx[None, None, :] - mx[:, None, None]) ** 2
+        for g in (~inside.flatten(1).any(dim=1) & own.flatten(1).any(dim=1)).nonzero().flatten().tolist():
+            nearest = torch.where(own[g], d2[g], torch.full_like(d2[g], float("inf"))).argmin()
+            inside[g].view(-1)[nearest] = True
     for g in range(boxes.shape[0]):
         out[int(classes[g])] = torch.maximum(out[int(classes[g])], inside[g].float())
     return out

@@ -58,8 +58,10 @@ class CASNet(nn.Module):
         min_iou: float = 0.0,
         tie_eps: float = 1e-3,
         score_mode: str = "seed_x_semantic",
+        max_detections: int = 100,
     ):
         super().__init__()
+        self.max_detections = max_detections
         if score_mode not in SCORE_MODES:
             raise ValueError(f"MODEL.CASNET.SCORE_MODE must be one of {SCORE_MODES}, got {score_mode!r}")
         self.backbone, self.fusion = backbone, fusion
@@ -108,6 +110,7 @@ class CASNet(nn.Module):
             "min_iou": c.IOU_VOTE_MIN_IOU,
             "tie_eps": c.IOU_VOTE_TIE_EPS,
             "score_mode": c.SCORE_MODE,
+            "max_detections": cfg.TEST.DETECTIONS_PER_IMAGE,
         }
 
     @property
@@ -140,7 +143,12 @@ class CASNet(nn.Module):
         if isinstance(masks, PolygonMasks):
             masks = BitMasks.from_polygon_masks(masks, *image_size)
         boxes = gt.gt_boxes.tensor
-        owners = pixel_owners(masks.tensor.bool(), boxes, (h, w), s)
+        if len(gt) and int(gt.gt_classes.max()) >= K:
+            raise ValueError(
+                f"a ground-truth class {int(gt.gt_classes.max())} >= MODEL.CASNET.NUM_THING_CLASSES {K}: set it to the "
+                "dataset's number of thing classes"
+            )
+        owners = pixel_owners(masks.tensor.to(boxes.device).bool(), boxes, (h, w), s)
         labels = semantic_from_instances(owners, gt.gt_classes, background=K)
         cy = (torch.arange(h, device=labels.device) + 0.5) * s
         cx = (torch.arange(w, device=labels.device) + 0.5) * s
@@ -148,7 +156,9 @@ class CASNet(nn.Module):
         labels = labels.masked_fill(padding, IGNORE)
         dist, valid = attribute_targets(owners, boxes, s)
         valid = valid & ~padding
-        centres = centre_targets(boxes, gt.gt_classes, K, (h, w), s, self.centre_radius)
+        centres = centre_targets(
+            boxes, gt.gt_classes, K, (h, w), s, self.centre_radius, owners.masked_fill(padding, -1)
+        )
         return labels, dist, valid, centres, ~padding
 
     def losses(self, sem, attr, prob, gts, images):
@@ -170,11 +180,15 @@ class CASNet(nn.Module):
         out = casnet_postprocess(
             sem[:, :hs, :ws], attr[:, :hs, :ws], prob[:, :hs, :ws], list(range(self.num_things)), **self.post
         )
-        ids = out["instance_ids"]
+        keep = out["scores"].argsort(descending=True)[: self.max_detections]  # TEST.DETECTIONS_PER_IMAGE
+        remap = torch.full((len(out["scores"]) + 1,), -1, dtype=torch.int64, device=sem.device)
+        remap[keep] = torch.arange(len(keep), device=sem.device)
+        ids = remap[out["instance_ids"]]  # -1 stays -1
+        out = {k: out[k][keep] for k in ("boxes", "scores", "classes")}
         up = F.interpolate(ids[None, None].float(), scale_factor=s, mode="nearest")[
             :, :, : image_size[0], : image_size[1]
         ]
-        ids_out = F.interpolate(up, size=out_size, mode="nearest")[0, 0].long()
+        ids_out = F.interpolate(up, size=out_size, mode="nearest-exact")[0, 0].long()
         n = len(out["scores"])
         inst = Instances(out_size)
         inst.pred_masks = ids_out[None] == torch.arange(n, device=ids_out.device)[:, None, None]

@@ -49,21 +49,70 @@ def test_targets_ignore_the_padding_and_follow_the_instances():
 
 
 def test_trains_with_images_without_instances_and_predicts_non_overlapping_instances():
-    model = seeded_model(SYN, ["MODEL.CASNET.SEED_THRESHOLD", "0.3"])
+    model = seeded_model(SYN)
+    model.eval()
+    with torch.no_grad():
+        out = model([{**d, "height": 120, "width": 144} for d in images_only(synthetic_batch(2, empty=()))])
+    assert all(o["instances"].image_size == (120, 144) and o["sem_seg"].shape == (6, 120, 144) for o in out)
+    # random maps (thing pixels, boxes and seeds everywhere): the vote gives each pixel at most one instance
+    g = torch.Generator().manual_seed(1)
+    sem, attr = torch.randn(6, 24, 24, generator=g), torch.rand(4, 24, 24, generator=g) * 4 + 0.5
+    inst = model.inference_single(sem, attr, torch.randn(5, 24, 24, generator=g), (96, 96), (120, 144))["instances"]
+    assert len(inst) > 0
+    assert inst.pred_masks.sum(dim=0).max() <= 1  # no pixel in two instances
+    assert inst.pred_masks.flatten(1).any(dim=1).all()  # no instance without a pixel
+    model.train()
     with EventStorage(0):
         for empty in ((1,), (0, 1)):
             losses = model(synthetic_batch(2, empty=empty))
             assert all(torch.isfinite(v) for v in losses.values())
             sum(losses.values()).backward()
-    model.eval()
-    with torch.no_grad():
-        out = model([{**d, "height": 120, "width": 144} for d in images_only(synthetic_batch(2, empty=()))])
-    for o in out:
-        inst = o["instances"]
-        assert inst.image_size == (120, 144) and o["sem_seg"].shape == (6, 120, 144)
-        if len(inst):
-            assert inst.pred_masks.sum(dim=0).max() <= 1  # no pixel in two instances
-            assert inst.pred_masks.flatten(1).any(dim=1).all()  # no instance without a pixel
+
+
+def test_sec3c_perfect_predictions_give_back_the_ground_truth_instances():
+    """Round trip: the targets of a synthetic image, as (saturated) predictions, through the inference: every instance
+    that owns a pixel at the output stride comes back with its own pixels (up-sampled from the stride grid) as its mask,
+    its box as its box, its class; at the input size and at 1.5x it."""
+    from torch.nn import functional as F
+
+    model = seeded_model(SYN, ["MODEL.CASNET.SEED_NMS_THRESHOLD", "0.95"])
+    inst = synthetic_batch(1, empty=(), seed=5)[0]["instances"]
+    labels, dist, valid, centres, inside = model.targets(inst, (96, 96), (96, 96))
+    sem = F.one_hot(labels, 6).permute(2, 0, 1).float() * 20
+    prob = (centres * 2 - 1) * 20
+    from casnet.layers import pixel_owners
+
+    owners = pixel_owners(inst.gt_masks.tensor, inst.gt_boxes.tensor, (24, 24), 4)
+    present = owners[owners >= 0].unique().tolist()
+    assert len(present) >= 3
+    for out_size in [(96, 96), (144, 144)]:
+        pred = model.inference_single(sem, dist, prob, (96, 96), out_size)["instances"]
+        assert len(pred) == len(present)
+        scale = out_size[0] / 96
+        for g in present:
+            own = owners == g
+            want_mask = F.interpolate(own[None, None].float(), size=out_size, mode="nearest-exact")[0, 0].bool()
+            matches = [k for k in range(len(pred)) if torch.equal(pred.pred_masks[k], want_mask)]
+            assert len(matches) == 1, g
+            k = matches[0]
+            torch.testing.assert_close(pred.pred_boxes.tensor[k], inst.gt_boxes.tensor[g] * scale)
+            assert pred.pred_classes[k] == inst.gt_classes[g]
+
+
+def test_eq3_centre_positives_are_the_instances_own_pixels():
+    """A seed's box is read from the attributes at the seed: the centre positives of an instance are its own pixels
+    (a ring's centre, its hole, is not), the nearest own pixel to the centre when none is in the region."""
+    from casnet.layers import centre_targets
+
+    owners = torch.full((10, 10), -1)
+    owners[2:8, 2:8] = 0
+    owners[4:6, 4:6] = -1  # a ring: the centre is a hole
+    boxes = torch.tensor([[8.0, 8.0, 32.0, 32.0]])  # stride 4: pixels 2..7
+    t = centre_targets(boxes, torch.tensor([0]), 1, (10, 10), 4, radius=0.5, owners=owners)
+    # radius 0.5 strides around (20, 20) covers only the hole's pixels (4, 4)..(5, 5): the nearest own pixel instead
+    assert t[0].sum() == 1 and owners[t[0].bool()].item() == 0
+    t = centre_targets(boxes, torch.tensor([0]), 1, (10, 10), 4, radius=1.5, owners=owners)
+    assert t[0].sum() > 0 and (owners[t[0].bool()] == 0).all()
 
 
 def test_train_net_trains_evaluates_and_default_predictor(tmp_path, datasets_dir):
