@@ -100,14 +100,16 @@ class MBRM(nn.Module):
             return boxes.clone()
         return self.refine(probs.max(dim=1).values, probs.max(dim=2).values, boxes)
 
-    def refine(self, prof_x: torch.Tensor, prof_y: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    def refine(self, prof_x: torch.Tensor, prof_y: torch.Tensor, boxes: torch.Tensor, min_peak: float = 0.0):
         """Eq. 2 from the max-projections. The regressed box comes back where the refinement is off (gamma = 0), where
-        the mask is empty, and, per axis, where the refined sides would cross (x2 <= x1: no box left)."""
+        the mask is empty (no pixel reaches ``min_peak``, the mask threshold at inference, or every profile is 0),
+        and, per axis, where the refined sides would cross (x2 <= x1: no box left)."""
         if self.gamma == 0 or boxes.shape[0] == 0:
             return boxes.clone()
         idx = [lp.argmax(dim=1).to(boxes.dtype) for lp in self.log_posteriors_from_profiles(prof_x, prof_y, boxes)]
         out = torch.stack([idx[0], idx[1], idx[2] + 1, idx[3] + 1], dim=1)
-        empty = (prof_x.max(dim=1).values <= 0) | (prof_y.max(dim=1).values <= 0)
+        peak = torch.minimum(prof_x.max(dim=1).values, prof_y.max(dim=1).values)
+        empty = (peak <= 0) | (peak < min_peak)
         bad_x = empty | (out[:, 2] <= out[:, 0])
         bad_y = empty | (out[:, 3] <= out[:, 1])
         out[:, 0::2] = torch.where(bad_x[:, None], boxes[:, 0::2], out[:, 0::2])

@@ -82,11 +82,14 @@ class RDSNetHead(RetinaNetHead):
         patches = patches.permute(1, 0, 2, 3).reshape(len(anchor_idx), C * 9)
         weight = self.rep_pred.weight.view(A, rs, C * 9)
         bias = self.rep_pred.bias.view(A, rs)
-        out = patches.new_empty((len(anchor_idx), rs))
+        out = None
         for k in a.unique().tolist():
             sel = a == k
-            out[sel] = patches[sel] @ weight[k].T + bias[k]
-        return out
+            r = patches[sel] @ weight[k].T + bias[k]
+            if out is None:  # the result's dtype (under autocast, not the features')
+                out = r.new_empty((len(anchor_idx), rs))
+            out[sel] = r
+        return out if out is not None else patches.new_empty((0, rs))
 
 
 class PixelStream(nn.Module):

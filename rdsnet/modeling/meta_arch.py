@@ -80,17 +80,25 @@ def _gt_bitmasks(gt: Instances, padded_size) -> torch.Tensor:
     return F.pad(t, (0, padded_size[1] - t.shape[-1], 0, padded_size[0] - t.shape[-2]))
 
 
-def _refuse_untrained_mbrm(model, incompatible_keys):
-    """Load-state-dict post hook: refining boxes with an MBRM the checkpoint does not hold would use its untrained
-    initial kernels. Only the MBRM stage, which trains it, loads such a checkpoint."""
-    if model.mbrm is None or model.mbrm_stage:
+UNTRAINED_MBRM = (
+    "MODEL.RDSNET.BOX_REFINEMENT mbrm, but the loaded checkpoint has no trained MBRM ({keys}): run the MBRM stage "
+    "on it (MODEL.RDSNET.MBRM_STAGE True) and use its output, or set MODEL.RDSNET.BOX_REFINEMENT none"
+)
+
+
+def _note_untrained_mbrm(model, incompatible_keys):
+    """Load-state-dict post hook: a checkpoint without MBRM's parameters leaves them at their untrained start. Outside
+    the MBRM stage that is an error at once; in the stage (which loads stage 1's checkpoint to train MBRM) it is
+    remembered, and inference refuses to refine with them until a training step has run (``predict_masks``)."""
+    if model.mbrm is None:
         return
-    missing = [k for k in incompatible_keys.missing_keys if k.startswith("mbrm.")]
-    if missing:
-        raise ValueError(
-            f"MODEL.RDSNET.BOX_REFINEMENT mbrm, but the checkpoint has no trained MBRM ({', '.join(missing)}): run the "
-            "MBRM stage on it (MODEL.RDSNET.MBRM_STAGE True) or set MODEL.RDSNET.BOX_REFINEMENT none"
-        )
+    names = [f"mbrm.{n}" for n, _ in model.mbrm.named_parameters()]
+    missing = [k for k in incompatible_keys.missing_keys if any(k == n or k.endswith("." + n) for n in names)]
+    if not missing:
+        return
+    if not model.mbrm_stage:
+        raise ValueError(UNTRAINED_MBRM.format(keys=", ".join(missing)))
+    model.untrained_mbrm = ", ".join(missing)
 
 
 @META_ARCH_REGISTRY.register()
@@ -147,7 +155,8 @@ class RDSNet(RetinaNet):
         if mbrm_stage:
             for name, p in self.named_parameters():
                 p.requires_grad_(name.startswith("mbrm."))
-        self.register_load_state_dict_post_hook(_refuse_untrained_mbrm)
+        self.untrained_mbrm = ""  # set by a load without MBRM's parameters, cleared by an MBRM training step
+        self.register_load_state_dict_post_hook(_note_untrained_mbrm)
 
     @classmethod
     def from_config(cls, cfg):
@@ -220,8 +229,9 @@ class RDSNet(RetinaNet):
         h4, w4 = z.shape[-2:]
         sy, sx = out_size[0] / input_size[0], out_size[1] / input_size[1]
         probs = torch.sigmoid(z.float())
+        crop_list = crop_boxes.tolist()  # one host sync, not one per object
         for k in range(z.shape[0]):
-            x1, y1, x2, y2 = crop_boxes[k].tolist()
+            x1, y1, x2, y2 = crop_list[k]
             x0, y0 = max(int(x1 * sx), 0), max(int(y1 * sy), 0)
             xe, ye = min(int(x2 * sx) + 1, out_size[1]), min(int(y2 * sy) + 1, out_size[0])
             if xe <= x0 or ye <= y0:
@@ -251,6 +261,11 @@ class RDSNet(RetinaNet):
     def forward_training(self, images, features, predictions, gt_instances):
         if not self.mask_on:
             return super().forward_training(images, features, predictions, gt_instances)
+        if self.mbrm is not None and not self.mbrm_stage:
+            raise ValueError(
+                "MODEL.RDSNET.BOX_REFINEMENT mbrm outside the MBRM stage: MBRM is trained alone after the rest has "
+                "converged (Sec. 3.4). Train with BOX_REFINEMENT none (or direct), then MBRM_STAGE True"
+            )
         logits, deltas, rep_features = predictions
         pred_logits, pred_deltas, pred_reps = self._transpose_dense_predictions(
             [logits, deltas, self.head.predict_reps(rep_features)], [self.num_classes, 4, self.head.rep_size]
@@ -259,11 +274,6 @@ class RDSNet(RetinaNet):
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
         pixel = self.pixel_stream([features[i] for i in self.pixel_in_indices])
         objects = self.sample_positives(anchors, gt_labels, gt_instances)
-        if self.mbrm is not None and not self.mbrm_stage:
-            raise ValueError(
-                "MODEL.RDSNET.BOX_REFINEMENT mbrm outside the MBRM stage: MBRM is trained alone after the rest has "
-                "converged (Sec. 3.4). Train with BOX_REFINEMENT none (or direct), then MBRM_STAGE True"
-            )
         if self.mbrm_stage:
             return {
                 "loss_refine": self.refine_loss(images, pixel, anchors, pred_deltas, pred_reps, objects, gt_instances)
@@ -324,6 +334,7 @@ class RDSNet(RetinaNet):
             loss = self.mbrm.boundary_loss_from_profiles(prof_x, prof_y, boxes, gt.gt_boxes.tensor[gt_idx])
             losses.append(loss * len(anchor_idx))
             count += len(anchor_idx)
+        self.untrained_mbrm = ""  # MBRM is being trained
         if not losses:
             return sum(p.sum() for p in self.mbrm.parameters()) * 0.0
         return sum(losses) / count
@@ -399,7 +410,10 @@ class RDSNet(RetinaNet):
         z = self.crop_logits(pixel, inst.pred_reps, batch_idx, crop)
         inst.pred_mask_logits, inst.pred_crop_boxes = z, crop
         if self.box_refinement == "mbrm":
-            inst.pred_boxes = Boxes(self.mbrm.refine(*self.profiles(z, crop, image_size), boxes))
+            if self.untrained_mbrm:
+                raise ValueError(UNTRAINED_MBRM.format(keys=self.untrained_mbrm))
+            profiles = self.profiles(z, crop, image_size)
+            inst.pred_boxes = Boxes(self.mbrm.refine(*profiles, boxes, min_peak=self.mask_threshold))
         elif self.box_refinement == "direct":
             prof_x, prof_y = self.profiles(z, crop, image_size)
             t = self.mask_threshold

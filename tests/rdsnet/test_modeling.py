@@ -126,7 +126,7 @@ def test_tables_3_and_4_every_row_trains_with_empty_images_and_predicts(table, r
         out = model([{**d, "height": 120, "width": 144} for d in _images(synthetic_batch(1, empty=()))])
     inst = out[0]["instances"]
     assert len(inst) > 0 and inst.pred_masks.shape[1:] == (120, 144) and inst.pred_masks.dtype == torch.bool
-    assert not inst.has("pred_reps") and not inst.has("pred_mask_probs")
+    assert not any(inst.has(f) for f in ("pred_reps", "pred_mask_logits", "pred_crop_boxes"))
 
 
 def test_table4_direct_boxes_are_the_masks_enclosing_rectangles():
@@ -211,11 +211,22 @@ def test_mbrm_outside_its_stage_refuses_to_train_and_to_load_a_checkpoint_withou
     with EventStorage(0), pytest.raises(ValueError, match="outside the MBRM stage"):
         model(synthetic_batch(2, empty=(1,)))
     stage1 = {k: v for k, v in model.state_dict().items() if not k.startswith("mbrm.")}
-    with pytest.raises(ValueError, match="the checkpoint has no trained MBRM"):
+    with pytest.raises(ValueError, match="checkpoint has no trained MBRM"):
         model.load_state_dict(stage1, strict=False)
     model.load_state_dict(model.state_dict())  # a checkpoint with MBRM loads
-    stage = _model(MBRM_STAGE)
-    stage.load_state_dict(stage1, strict=False)  # the MBRM stage starts from a stage-1 checkpoint
+    # the MBRM stage starts from a stage-1 checkpoint, but evaluating it before training MBRM (--eval-only on the
+    # stage config with stage 1's weights) refuses to refine with the untrained kernels
+    stage = _model(MBRM_STAGE, ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"])
+    stage.load_state_dict(stage1, strict=False)
+    stage.eval()
+    with torch.no_grad(), pytest.raises(ValueError, match="checkpoint has no trained MBRM"):
+        stage(_images(synthetic_batch(1, empty=())))
+    stage.train()
+    with EventStorage(0):
+        stage(synthetic_batch(2, empty=()))["loss_refine"].backward()
+    stage.eval()
+    with torch.no_grad():
+        assert len(stage(_images(synthetic_batch(1, empty=())))[0]["instances"]) > 0
 
 
 def test_sec34_masks_are_upsampled_to_the_input_then_cropped_with_the_expanded_box():
@@ -294,3 +305,28 @@ def test_train_net_two_stages_eval_only_and_default_predictor(tmp_path, datasets
     image = synthetic_batch(1, empty=())[0]["image"].permute(1, 2, 0).numpy()
     inst = DefaultPredictor(cfg)(np.ascontiguousarray(image))["instances"]
     assert len(inst) > 0 and inst.pred_masks.shape[1:] == (96, 96)
+
+
+def test_sec34_crop_widened_by_one_stride_pixel_is_enough_on_a_non_square_map():
+    """The correlation is computed only over the crop widened by one pixel-stream pixel (``crop_logits``): M' inside
+    the crop then equals the up-sampled full map, on a non-square input (80 x 112, map 20 x 28)."""
+    from torch.nn import functional as F
+
+    model = _model(SYN)
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(3, 20, 28, generator=g) * 3
+    crops = torch.tensor([[13.3, 5.2, 61.7, 40.9], [70.1, 30.6, 111.0, 79.5], [0.0, 0.0, 9.9, 7.1]])
+    widened = crops + torch.tensor([-4.0, -4.0, 4.0, 4.0])
+    cy, cx = (torch.arange(20) + 0.5) * 4, (torch.arange(28) + 0.5) * 4
+    keep = ((cy[None, :] >= widened[:, 1:2]) & (cy[None, :] <= widened[:, 3:4]))[:, :, None] & (
+        (cx[None, :] >= widened[:, 0:1]) & (cx[None, :] <= widened[:, 2:3])
+    )[:, None, :]
+    z_cropped = torch.where(keep, z, torch.full_like(z, float("-inf")))  # what the op returns for the widened box
+    up = F.interpolate(torch.sigmoid(z)[:, None], scale_factor=4, mode="bilinear", align_corners=False)[:, 0]
+    ys, xs = torch.arange(80) + 0.5, torch.arange(112) + 0.5
+    for k, y0, x0, region in model.crop_regions(z_cropped, crops, (80, 112), (80, 112)):
+        x1, y1, x2, y2 = crops[k].tolist()
+        inside = ((ys >= y1) & (ys <= y2))[:, None] & ((xs >= x1) & (xs <= x2))[None, :]
+        got = torch.zeros(80, 112)
+        got[y0 : y0 + region.shape[0], x0 : x0 + region.shape[1]] = region
+        torch.testing.assert_close(got, up[k] * inside, atol=1e-5, rtol=1e-5)
