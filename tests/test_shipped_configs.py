@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from tests.utils import importorskip_detectron2, synthetic_batch
+from tests.utils import SMALL_TEST, importorskip_detectron2, synthetic_batch, with_contour_targets
 
 importorskip_detectron2()
 
@@ -25,15 +25,10 @@ CONFIGS = sorted(
     if not os.path.basename(p).startswith("Base-")
 )
 SMALL = [
-    "MODEL.DEVICE",
-    "cpu",
+    *SMALL_TEST,
     "INPUT.MIN_SIZE_TRAIN",
     "(96,)",
     "INPUT.MAX_SIZE_TRAIN",
-    "96",
-    "INPUT.MIN_SIZE_TEST",
-    "96",
-    "INPUT.MAX_SIZE_TEST",
     "96",
     # few RoIs and detections: the mask heads' cost grows with them, and one step proves the wiring as well
     "MODEL.RPN.POST_NMS_TOPK_TRAIN",
@@ -49,14 +44,7 @@ SMALL = [
 
 def _with_targets(batch, cfg):
     if cfg.MODEL.ROI_HEADS.NAME == "MaskPointROIHeads":  # contour points, as its data-loader mapper gives them
-        from maskpoint.modeling import contour_keypoints
-
-        mp = cfg.MODEL.MASK_POINT
-        for d in batch:
-            inst = d["instances"]
-            inst.gt_keypoints = contour_keypoints(
-                inst.gt_masks, inst.image_size, mp.NUM_POINTS, mp.SAMPLING, mp.WITH_CENTER, mp.CENTER
-            )
+        return with_contour_targets(batch, cfg)
     return batch
 
 

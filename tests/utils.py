@@ -118,3 +118,17 @@ def seeded_model(path, opts=(), seed=0):
 def images_only(batch):
     """The inference inputs of a ``synthetic_batch``: each dict without its "instances"."""
     return [{k: v for k, v in d.items() if k != "instances"} for d in batch]
+
+
+def with_contour_targets(batch, cfg):
+    """``gt_keypoints`` as Mask Point R-CNN's ContourPointDatasetMapper gives them, for batches fed to the model
+    directly."""
+    from maskpoint.modeling import contour_keypoints
+
+    mp = cfg.MODEL.MASK_POINT
+    for d in batch:
+        inst = d["instances"]
+        inst.gt_keypoints = contour_keypoints(
+            inst.gt_masks, inst.image_size, mp.NUM_POINTS, mp.SAMPLING, mp.WITH_CENTER, mp.CENTER
+        )
+    return batch

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from tests.utils import TINY, importorskip_detectron2, synthetic_batch
+from tests.utils import TINY, importorskip_detectron2, synthetic_batch, with_contour_targets
 
 importorskip_detectron2()
 
@@ -39,17 +39,6 @@ def make_cfg(*opts, imply=True):
     if imply:
         set_implied_keys(cfg)
     return cfg
-
-
-def with_contour_targets(batch, cfg):
-    """``gt_keypoints`` as ContourPointDatasetMapper gives them, for batches fed to the model directly."""
-    mp = cfg.MODEL.MASK_POINT
-    for d in batch:
-        inst = d["instances"]
-        inst.gt_keypoints = contour_keypoints(
-            inst.gt_masks, inst.image_size, mp.NUM_POINTS, mp.SAMPLING, mp.WITH_CENTER, mp.CENTER
-        )
-    return batch
 
 
 def train_step(cfg, batch):

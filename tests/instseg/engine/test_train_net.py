@@ -24,6 +24,8 @@ from instseg.engine import Trainer, UserError, build_cfg  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BASELINE = os.path.join(ROOT, "configs", "Baselines", "mask_rcnn_R_18_FPN_synthetic.yaml")
 PY = sys.executable
+# train without evaluating (no test set)
+NO_EVAL = ["TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"]
 
 
 class Args:
@@ -104,10 +106,7 @@ def test_two_processes_on_cpu(tmp_path, datasets_dir):
         *TINY,
         "SOLVER.MAX_ITER",
         "2",
-        "TEST.EVAL_PERIOD",
-        "0",
-        "DATASETS.TEST",
-        "()",
+        *NO_EVAL,
         "OUTPUT_DIR",
         str(out),
     ]
@@ -131,10 +130,7 @@ def test_resume_after_kill(tmp_path, datasets_dir):
         "8",
         "SOLVER.CHECKPOINT_PERIOD",
         "2",
-        "TEST.EVAL_PERIOD",
-        "0",
-        "DATASETS.TEST",
-        "()",
+        *NO_EVAL,
         "OUTPUT_DIR",
         str(out),
     ]
