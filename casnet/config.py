@@ -1,6 +1,8 @@
 """``add_casnet_config``: the keys of CASNet (``papers/casnet.txt``), read by the ``CASNet`` meta-architecture (instance
-mode; panoptic mode and the external / ground-truth semantic sources come with the next slice of issue 16) and its
-torch-only layers. Values the paper does not give are ours, marked so."""
+and panoptic modes, the three semantic sources) and its torch-only layers. Values the paper does not give are ours,
+marked so."""
+
+SEMANTIC_SOURCES = ("predicted", "external", "ground_truth")
 
 
 def add_casnet_config(cfg) -> None:
@@ -18,8 +20,23 @@ def add_casnet_config(cfg) -> None:
     _C.HEAD_CHANNELS = 256
     _C.HEAD_NUM_CONVS = 2
     _C.NORM = "BN"
-    # instance mode: the semantic head predicts these thing classes + background (Sec. III-A)
+    # instance mode: the semantic head predicts these thing classes + background (Sec. III-A); panoptic mode: every
+    # class of the dataset (its metadata's stuff_classes, detectron2's panoptic convention), this many being things
     _C.NUM_THING_CLASSES = 8
+    # panoptic mode (Sec. III-C): also a panoptic_seg output, stuff segments from the semantic map; trains on a panoptic
+    # dataset through INPUT.DATASET_MAPPER_NAME "PanopticDatasetMapper" (semantic labels and instances from the PNG)
+    _C.PANOPTIC = False
+    # panoptic mode: stuff regions smaller than this many output pixels are left void (ours; Panoptic-DeepLab's
+    # Cityscapes value; detectron2's Panoptic FPN uses 4096 on COCO)
+    _C.STUFF_AREA = 2048
+    # where inference takes the semantic map from (Sec. IV, Tables III/IV): "predicted" (the semantic head, joint
+    # training), "external" (separated mode: label PNGs in EXTERNAL_SEMANTIC_DIR named after the image, or another
+    # detectron2 model: EXTERNAL_SEMANTIC_CONFIG + EXTERNAL_SEMANTIC_WEIGHTS), "ground_truth" (the inputs' sem_seg: the
+    # upper bound). The labels are the dataset's semantic ids (its sem_seg convention).
+    _C.SEMANTIC_SOURCE = "predicted"
+    _C.EXTERNAL_SEMANTIC_DIR = ""
+    _C.EXTERNAL_SEMANTIC_CONFIG = ""
+    _C.EXTERNAL_SEMANTIC_WEIGHTS = ""
     # Eq. 3's targets: 1 within this many strides of a box's centre, clipped to the box (FCOS's centre sampling; ours)
     _C.CENTRE_RADIUS = 1.5
     # Eq. 4: L = ALPHA Lcls + BETA Lcommon + GAMMA Lprob (Sec. IV: all 1)

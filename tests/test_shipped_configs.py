@@ -45,6 +45,12 @@ SMALL = [
 def _with_targets(batch, cfg):
     if cfg.MODEL.ROI_HEADS.NAME == "MaskPointROIHeads":  # contour points, as its data-loader mapper gives them
         return with_contour_targets(batch, cfg)
+    if cfg.MODEL.META_ARCHITECTURE == "CASNet" and cfg.MODEL.CASNET.PANOPTIC:  # sem_seg, as PanopticDatasetMapper
+        for d in batch:  # gives it: the things' classes over one stuff class (the synthetic panoptic ids: 5)
+            sem = torch.full(d["image"].shape[1:], 5, dtype=torch.int64)
+            for m, c in zip(d["instances"].gt_masks.tensor, d["instances"].gt_classes):
+                sem[m] = c
+            d["sem_seg"] = sem
     return batch
 
 

@@ -3,7 +3,7 @@ and the training targets (Sec. III-A/B)."""
 
 from .iou_vote import iou_vote, iou_vote_numpy, iou_vote_reference
 from .postprocess import SCORE_MODES, casnet_postprocess, pixel_boxes
-from .targets import attribute_targets, centre_targets, pixel_owners, semantic_from_instances
+from .targets import attribute_targets, centre_targets, labels_at_stride, pixel_owners, semantic_from_instances
 
 __all__ = [
     "SCORE_MODES",
@@ -13,6 +13,7 @@ __all__ = [
     "iou_vote",
     "iou_vote_numpy",
     "iou_vote_reference",
+    "labels_at_stride",
     "pixel_boxes",
     "pixel_owners",
     "semantic_from_instances",

@@ -15,6 +15,22 @@ def _centres(size: int, stride: int, device) -> torch.Tensor:
     return (torch.arange(size, device=device, dtype=torch.float32) + 0.5) * stride
 
 
+def _centre_pixels(size: int, stride: int, device) -> torch.Tensor:
+    """The input pixel under each output pixel's centre, along one axis."""
+    return _centres(size, stride, device).long()
+
+
+def labels_at_stride(labels: torch.Tensor, out_size: Tuple[int, int], stride: int, fill: int) -> torch.Tensor:
+    """(h, w) int64: an input-resolution label map (H, W) read at the output pixels' centres (the rule of
+    ``pixel_owners``); ``fill`` where the centre is outside the map (the padding)."""
+    h, w = out_size
+    ys, xs = _centre_pixels(h, stride, labels.device), _centre_pixels(w, stride, labels.device)
+    out = torch.full((h, w), fill, dtype=torch.int64, device=labels.device)
+    ys, xs = ys[ys < labels.shape[0]], xs[xs < labels.shape[1]]
+    out[: len(ys), : len(xs)] = labels[ys][:, xs].long()
+    return out
+
+
 def pixel_owners(masks: torch.Tensor, boxes: torch.Tensor, out_size: Tuple[int, int], stride: int) -> torch.Tensor:
     """(h, w) int64: the index of the instance each output pixel belongs to (-1: none).
 
@@ -28,8 +44,7 @@ def pixel_owners(masks: torch.Tensor, boxes: torch.Tensor, out_size: Tuple[int, 
     owners = torch.full((h, w), -1, dtype=torch.int64, device=masks.device)
     if G == 0:
         return owners
-    ys = (_centres(h, stride, masks.device)).long()  # the input pixel under each output pixel's centre
-    xs = (_centres(w, stride, masks.device)).long()
+    ys, xs = _centre_pixels(h, stride, masks.device), _centre_pixels(w, stride, masks.device)
     inside_y, inside_x = ys < masks.shape[1], xs < masks.shape[2]
     sampled = torch.zeros((G, h, w), dtype=torch.bool, device=masks.device)
     sub = masks[:, ys[inside_y]][:, :, xs[inside_x]]

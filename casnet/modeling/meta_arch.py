@@ -1,4 +1,4 @@
-"""CASNet (``papers/casnet.txt``) as a detectron2 meta-architecture, instance mode.
+"""CASNet (``papers/casnet.txt``) as a detectron2 meta-architecture, instance and panoptic modes.
 
 An HRNet backbone (``build_timm_hrnet_backbone``), HRNetV2 fusion to the output stride s (``OUTPUT_STRIDE``), and three
 FCN heads at s: semantic (the K thing classes + background), common attributes (l, t, r, b, divided by s, ReLU: the
@@ -11,30 +11,66 @@ Inference: ``casnet_postprocess`` on the image's region of the maps, then the in
 output size: ``instances`` (``pred_masks``, ``pred_boxes`` (the seed boxes), ``scores``, ``pred_classes``) and
 ``sem_seg`` (the semantic logits resized to the output, detectron2's ``sem_seg_postprocess``). Each pixel belongs to at
 most one instance.
+
+Panoptic mode (``PANOPTIC``): the semantic head predicts every class of the dataset (its metadata's ``stuff_classes``;
+the things are the values of ``thing_dataset_id_to_contiguous_id``), trained on the ``sem_seg`` the panoptic mapper
+gives; instances as above (``pred_classes`` are then the things' semantic ids, detectron2's panoptic convention), and
+``panoptic_seg`` in detectron2's format: the instances first (every one, in score order; the paper drops none), then on
+the remaining pixels one segment per stuff class of the semantic map of at least ``STUFF_AREA`` output pixels; thing
+pixels without an instance, and smaller stuff regions, are void (0).
+
+Semantic sources (``SEMANTIC_SOURCE``, Sec. IV's joint / separated / ground-truth modes): the semantic map of the
+post-processing (and of the ``sem_seg`` output) is the semantic head's (``predicted``), the labels of another model or
+of label PNGs (``external``), or the inputs' ``sem_seg`` (``ground_truth``). Given labels enter as one-hot
+probabilities (ignored pixels: no class). Training is the same for all three.
 """
 
 import math
-from typing import Dict, List
+import os
+from typing import Dict, List, Optional
 
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import configurable
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_model
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, Boxes, ImageList, Instances, PolygonMasks
 from torch import nn
 from torch.nn import functional as F
 
+from instseg.data.mappers import thing_semantic_ids
+
+from ..config import SEMANTIC_SOURCES
 from ..layers import (
     SCORE_MODES,
     attribute_targets,
     casnet_postprocess,
     centre_targets,
+    labels_at_stride,
     pixel_owners,
     semantic_from_instances,
 )
 from .heads import FCNHead, HRFusion
 
 IGNORE = 255
+SATURATED = 20.0  # the logit of a given label (one-hot): softmax 1 - 1e-8 against the rest
+
+
+def _external_model(cfg_file: str, weights: str, device: str):
+    """Another detectron2 model (a semantic segmentor) whose ``sem_seg`` gives the labels in separated mode."""
+    from instseg.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(cfg_file)
+    cfg.MODEL.DEVICE = device
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(weights)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 @META_ARCH_REGISTRY.register()
@@ -59,14 +95,57 @@ class CASNet(nn.Module):
         tie_eps: float = 1e-3,
         score_mode: str = "seed_x_semantic",
         max_detections: int = 100,
+        thing_ids: Optional[List[int]] = None,
+        num_sem_classes: Optional[int] = None,
+        panoptic: bool = False,
+        stuff_area: int = 2048,
+        semantic_source: str = "predicted",
+        external_dir: str = "",
+        external_model: Optional[nn.Module] = None,
     ):
+        """
+        Args (beyond the parts and the keys of the same names):
+            thing_ids: the semantic id of each thing class (default 0..K-1).
+            num_sem_classes: the semantic head's classes: K + 1 (background last) in instance mode, the dataset's
+                classes in panoptic mode.
+            external_model: separated mode's semantic model (not a submodule: not trained, not in checkpoints).
+        """
         super().__init__()
         self.max_detections = max_detections
+        if semantic_source not in SEMANTIC_SOURCES:
+            raise ValueError(f"MODEL.CASNET.SEMANTIC_SOURCE must be one of {SEMANTIC_SOURCES}, got {semantic_source!r}")
+        if semantic_source == "external" and bool(external_dir) == (external_model is not None):
+            raise ValueError(
+                "MODEL.CASNET.SEMANTIC_SOURCE external needs exactly one of EXTERNAL_SEMANTIC_DIR (label PNGs) and "
+                "EXTERNAL_SEMANTIC_CONFIG + EXTERNAL_SEMANTIC_WEIGHTS (a model)"
+            )
+        if external_dir and not os.path.isdir(external_dir):
+            raise ValueError(f"MODEL.CASNET.EXTERNAL_SEMANTIC_DIR {external_dir!r} is not a folder")
         if score_mode not in SCORE_MODES:
             raise ValueError(f"MODEL.CASNET.SCORE_MODE must be one of {SCORE_MODES}, got {score_mode!r}")
         self.backbone, self.fusion = backbone, fusion
         self.sem_head, self.attr_head, self.prob_head = sem_head, attr_head, prob_head
         self.num_things = num_things
+        self.thing_ids = list(range(num_things)) if thing_ids is None else [int(t) for t in thing_ids]
+        if len(self.thing_ids) != num_things:
+            raise ValueError(f"{len(self.thing_ids)} thing ids for MODEL.CASNET.NUM_THING_CLASSES {num_things}")
+        self.panoptic = panoptic
+        self.num_sem = num_things + 1 if num_sem_classes is None else int(num_sem_classes)
+        self.stuff_ids = [c for c in range(self.num_sem) if c not in self.thing_ids] if panoptic else []
+        # the head's class of each thing: its semantic id (panoptic) or its index (instance mode)
+        self.head_things = self.thing_ids if panoptic else list(range(num_things))
+        self.stuff_area = stuff_area
+        self.semantic_source = semantic_source
+        self.external_dir = external_dir
+        self.__dict__["external_model"] = external_model  # outside the module tree: frozen, not saved
+        # the dataset's semantic ids -> the head's classes: panoptic, the same (others ignored); instance mode, the
+        # thing ids -> their index, everything else background (K)
+        lut = torch.full((256,), IGNORE if panoptic else num_things, dtype=torch.int64)
+        if panoptic:
+            lut[: self.num_sem] = torch.arange(self.num_sem)
+        else:
+            lut[torch.tensor(self.thing_ids)] = torch.arange(num_things)
+        self.register_buffer("sem_lut", lut, False)
         self.stride = fusion.out_stride
         self.centre_radius = centre_radius
         self.loss_weights = tuple(loss_weights)
@@ -93,11 +172,31 @@ class CASNet(nn.Module):
         K = c.NUM_THING_CLASSES
         if K < 1:
             raise ValueError(f"MODEL.CASNET.NUM_THING_CLASSES must be >= 1, got {K}")
+        thing_ids, num_sem = list(range(K)), K + 1
+        if c.PANOPTIC:
+            names = cfg.DATASETS.TRAIN or cfg.DATASETS.TEST
+            if not names:
+                raise ValueError(
+                    "MODEL.CASNET.PANOPTIC reads its classes from DATASETS.TRAIN[0]'s metadata: none named"
+                )
+            meta = MetadataCatalog.get(names[0])
+            thing_ids = thing_semantic_ids(meta)
+            num_sem = len(meta.get("stuff_classes", []))
+            if len(thing_ids) != K or num_sem <= K:
+                raise ValueError(
+                    f"MODEL.CASNET.NUM_THING_CLASSES {K}, but {names[0]!r} has {len(thing_ids)} thing classes among "
+                    f"{num_sem} classes: set NUM_THING_CLASSES {len(thing_ids)} (panoptic mode: a panoptic dataset)"
+                )
+        external = None
+        if c.SEMANTIC_SOURCE == "external" and (c.EXTERNAL_SEMANTIC_CONFIG or c.EXTERNAL_SEMANTIC_WEIGHTS):
+            if not (c.EXTERNAL_SEMANTIC_CONFIG and c.EXTERNAL_SEMANTIC_WEIGHTS):
+                raise ValueError("MODEL.CASNET.EXTERNAL_SEMANTIC_CONFIG needs EXTERNAL_SEMANTIC_WEIGHTS, and back")
+            external = _external_model(c.EXTERNAL_SEMANTIC_CONFIG, c.EXTERNAL_SEMANTIC_WEIGHTS, cfg.MODEL.DEVICE)
         ch, n, norm = c.HEAD_CHANNELS, c.HEAD_NUM_CONVS, c.NORM
         return {
             "backbone": backbone,
             "fusion": HRFusion(shapes, c.IN_FEATURES, c.OUTPUT_STRIDE, c.FUSE_CHANNELS, norm),
-            "sem_head": FCNHead(c.FUSE_CHANNELS, ch, n, K + 1, norm),
+            "sem_head": FCNHead(c.FUSE_CHANNELS, ch, n, num_sem, norm),
             "attr_head": FCNHead(c.FUSE_CHANNELS, ch, n, 4, norm),
             "prob_head": FCNHead(c.FUSE_CHANNELS, ch, n, K, norm),
             "num_things": K,
@@ -111,6 +210,13 @@ class CASNet(nn.Module):
             "tie_eps": c.IOU_VOTE_TIE_EPS,
             "score_mode": c.SCORE_MODE,
             "max_detections": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "thing_ids": thing_ids,
+            "num_sem_classes": num_sem,
+            "panoptic": c.PANOPTIC,
+            "stuff_area": c.STUFF_AREA,
+            "semantic_source": c.SEMANTIC_SOURCE,
+            "external_dir": c.EXTERNAL_SEMANTIC_DIR,
+            "external_model": external,
         }
 
     @property
@@ -127,16 +233,28 @@ class CASNet(nn.Module):
         sem, attr, prob = self.heads(images)
         if self.training:
             gts = [x["instances"].to(self.device) for x in batched_inputs]
-            return self.losses(sem, attr, prob, gts, images)
+            sems = None
+            if self.panoptic:
+                if any("sem_seg" not in x for x in batched_inputs):
+                    raise ValueError(
+                        "CASNet's panoptic mode trains on each input's 'sem_seg' and 'instances': set "
+                        "INPUT.DATASET_MAPPER_NAME PanopticDatasetMapper (a panoptic dataset)"
+                    )
+                sems = [x["sem_seg"].to(self.device) for x in batched_inputs]
+            return self.losses(sem, attr, prob, gts, images, sems)
+        given = self.given_labels(batched_inputs, images)
         results = []
         for i, (x, size) in enumerate(zip(batched_inputs, images.image_sizes)):
             out_size = (x.get("height", size[0]), x.get("width", size[1]))
-            results.append(self.inference_single(sem[i], attr[i], prob[i], size, out_size))
+            labels = None if given is None else given[i]
+            results.append(self.inference_single(sem[i], attr[i], prob[i], size, out_size, labels))
         return results
 
     # ---- training -----------------------------------------------------------------------------------------------
-    def targets(self, gt: Instances, padded, image_size):
-        """Semantic labels (padding ignored), attributes and their mask, centre targets for one image."""
+    def targets(self, gt: Instances, padded, image_size, sem_seg: Optional[torch.Tensor] = None):
+        """Semantic labels (padding ignored), attributes and their mask, centre targets for one image. The semantic
+        labels come from ``sem_seg`` (the dataset's ids, at the input resolution) in panoptic mode, from the instance
+        masks otherwise."""
         s, K = self.stride, self.num_things
         h, w = padded[0] // s, padded[1] // s
         masks = gt.gt_masks
@@ -149,7 +267,10 @@ class CASNet(nn.Module):
                 "dataset's number of thing classes"
             )
         owners = pixel_owners(masks.tensor.to(boxes.device).bool(), boxes, (h, w), s)
-        labels = semantic_from_instances(owners, gt.gt_classes, background=K)
+        if self.panoptic:
+            labels = self.sem_lut[labels_at_stride(sem_seg.clamp(0, 255), (h, w), s, IGNORE)]
+        else:
+            labels = semantic_from_instances(owners, gt.gt_classes, background=K)
         cy = (torch.arange(h, device=labels.device) + 0.5) * s
         cx = (torch.arange(w, device=labels.device) + 0.5) * s
         padding = (cy[:, None] >= image_size[0]) | (cx[None, :] >= image_size[1])
@@ -161,9 +282,10 @@ class CASNet(nn.Module):
         )
         return labels, dist, valid, centres, ~padding
 
-    def losses(self, sem, attr, prob, gts, images):
+    def losses(self, sem, attr, prob, gts, images, sems=None):
         padded = images.tensor.shape[-2:]
-        t = [self.targets(gt, padded, size) for gt, size in zip(gts, images.image_sizes)]
+        sems = sems or [None] * len(gts)
+        t = [self.targets(gt, padded, size, m) for gt, size, m in zip(gts, images.image_sizes, sems)]
         labels, dist, valid, centres, inside = (torch.stack(x) for x in zip(*t))
         alpha, beta, gamma = self.loss_weights
         loss_sem = F.cross_entropy(sem, labels, ignore_index=IGNORE)  # Eq. 1
@@ -174,12 +296,50 @@ class CASNet(nn.Module):
         return {"loss_sem": alpha * loss_sem, "loss_common": beta * loss_common, "loss_prob": gamma * loss_prob}
 
     # ---- inference ----------------------------------------------------------------------------------------------
-    def inference_single(self, sem, attr, prob, image_size, out_size):
+    def given_labels(self, batched_inputs, images: ImageList) -> Optional[List[torch.Tensor]]:
+        """The semantic labels of the external or ground-truth source, per image: (h, w) int64 head classes at the
+        input tensor's resolution (``IGNORE`` for none); None for the predicted source."""
+        if self.semantic_source == "predicted":
+            return None
+        out = []
+        if self.semantic_source == "external" and self.external_model is not None:
+            ext = self.external_model.to(self.device)
+            raw = [r["sem_seg"].argmax(dim=0) for r in ext(batched_inputs)]  # at each input's output size
+        for i, (x, size) in enumerate(zip(batched_inputs, images.image_sizes)):
+            if self.semantic_source == "ground_truth":
+                if "sem_seg" not in x:
+                    raise ValueError(
+                        "MODEL.CASNET.SEMANTIC_SOURCE ground_truth reads each input's 'sem_seg': evaluate on a dataset "
+                        "whose dicts have sem_seg_file_name or pan_seg_file_name (PanopticDatasetMapper)"
+                    )
+                labels = x["sem_seg"].to(self.device)
+            elif self.external_model is not None:
+                labels = raw[i]
+            else:
+                stem = os.path.splitext(os.path.basename(x["file_name"]))[0]
+                path = os.path.join(self.external_dir, stem + ".png")
+                if not os.path.isfile(path):
+                    raise FileNotFoundError(
+                        f"MODEL.CASNET.EXTERNAL_SEMANTIC_DIR has no {stem}.png (for {x['file_name']})"
+                    )
+                labels = torch.as_tensor(read_image(path, "L")[..., 0].astype("int64"), device=self.device)
+            if tuple(labels.shape) != tuple(size):  # labels at the original or output size: to the input's (nearest)
+                labels = F.interpolate(labels[None, None].float(), size=tuple(size), mode="nearest-exact")[0, 0]
+            out.append(self.sem_lut[labels.long().clamp(0, 255)])
+        return out
+
+    def _one_hot(self, labels: torch.Tensor) -> torch.Tensor:
+        """Saturated logits (num_sem + 1, h, w) of given labels; ``IGNORE`` pixels are the extra last class (none)."""
+        idx = torch.where(labels == IGNORE, torch.full_like(labels, self.num_sem), labels)
+        return F.one_hot(idx, self.num_sem + 1).permute(2, 0, 1).float() * SATURATED
+
+    def inference_single(self, sem, attr, prob, image_size, out_size, labels: Optional[torch.Tensor] = None):
+        """One image's outputs from its maps at the output stride (``labels``: the given semantic labels, see
+        ``given_labels``)."""
         s = self.stride
         hs, ws = math.ceil(image_size[0] / s), math.ceil(image_size[1] / s)
-        out = casnet_postprocess(
-            sem[:, :hs, :ws], attr[:, :hs, :ws], prob[:, :hs, :ws], list(range(self.num_things)), **self.post
-        )
+        sem_small = sem[:, :hs, :ws] if labels is None else self._one_hot(labels_at_stride(labels, (hs, ws), s, IGNORE))
+        out = casnet_postprocess(sem_small, attr[:, :hs, :ws], prob[:, :hs, :ws], self.head_things, **self.post)
         keep = out["scores"].argsort(descending=True)[: self.max_detections]  # TEST.DETECTIONS_PER_IMAGE
         remap = torch.full((len(out["scores"]) + 1,), -1, dtype=torch.int64, device=sem.device)
         remap[keep] = torch.arange(len(keep), device=sem.device)
@@ -199,6 +359,48 @@ class CASNet(nn.Module):
         boxes.clip(out_size)
         inst.pred_boxes = boxes
         inst.scores = out["scores"]
-        inst.pred_classes = out["classes"]
-        sem_full = F.interpolate(sem[None], scale_factor=s, mode="bilinear", align_corners=False)[0]
-        return {"instances": inst, "sem_seg": sem_seg_postprocess(sem_full, image_size, *out_size)}
+        classes = out["classes"]  # thing index; panoptic mode: the semantic id (detectron2's panoptic convention)
+        inst.pred_classes = (
+            torch.as_tensor(self.thing_ids, device=classes.device)[classes] if self.panoptic else classes
+        )
+        if labels is None:
+            sem_full = F.interpolate(sem[None], scale_factor=s, mode="bilinear", align_corners=False)[0]
+            sem_seg = sem_seg_postprocess(sem_full, image_size, *out_size)
+            sem_labels = sem_seg.argmax(dim=0)
+        else:
+            sem_labels = F.interpolate(labels[None, None].float(), size=out_size, mode="nearest-exact")[0, 0].long()
+            sem_seg = self._one_hot(sem_labels)[: self.num_sem]
+        result = {"instances": inst, "sem_seg": sem_seg}
+        if self.panoptic:
+            result["panoptic_seg"] = self.combine(ids_out, inst, sem_labels)
+        return result
+
+    def combine(self, ids: torch.Tensor, inst: Instances, sem_labels: torch.Tensor):
+        """detectron2's ``panoptic_seg``: ((H, W) int32 segment ids, 0 void; segments_info). The instances first (they
+        do not overlap), then on the free pixels each stuff class of the semantic map with at least ``stuff_area``
+        pixels."""
+        pan = torch.zeros_like(ids, dtype=torch.int32)
+        segments = []
+        for k in range(len(inst)):  # score order
+            m = ids == k
+            if not bool(m.any()):
+                continue
+            pan[m] = len(segments) + 1
+            segments.append(
+                {
+                    "id": len(segments) + 1,
+                    "isthing": True,
+                    "category_id": int(inst.pred_classes[k]),
+                    "score": float(inst.scores[k]),
+                    "instance_id": k,
+                }
+            )
+        free = ids < 0
+        for c in self.stuff_ids:
+            m = free & (sem_labels == c)
+            area = int(m.sum())
+            if area == 0 or area < self.stuff_area:
+                continue
+            pan[m] = len(segments) + 1
+            segments.append({"id": len(segments) + 1, "isthing": False, "category_id": c, "area": area})
+        return pan, segments

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 
+from .panoptic import id2rgb
 from .synthetic import STUFF_CLASSES, THING_CLASSES, SyntheticSpec, render_scene
 
 # Category ids in the panoptic json (COCO-style, 1-based): things first, then stuff.
@@ -46,15 +47,6 @@ def encode_rle(mask: np.ndarray) -> dict:
     rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
-
-
-def id2rgb(ids: np.ndarray) -> np.ndarray:
-    """COCO panoptic encoding: id = R + 256 G + 256² B."""
-    rgb = np.zeros(ids.shape + (3,), dtype=np.uint8)
-    rgb[..., 0] = ids % 256
-    rgb[..., 1] = (ids // 256) % 256
-    rgb[..., 2] = (ids // 256 // 256) % 256
-    return rgb
 
 
 def panoptic_categories() -> List[dict]:

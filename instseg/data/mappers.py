@@ -2,11 +2,22 @@
 
 detectron2's ``DatasetMapper`` is registered as ``"DatasetMapper"``, the default. A method whose targets are made
 per image after augmentation, in the data-loader workers (as detectron2 does for keypoints), registers a
-``DatasetMapper`` subclass here when its package is imported, and its configs name it. This module knows no method.
+``DatasetMapper`` subclass here when its package is imported, and its configs name it. This module knows no method;
+it registers ``PanopticDatasetMapper``, for any panoptic dataset.
 """
 
-from detectron2.data import DatasetMapper
+import copy
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import DatasetMapper, MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import BitMasks, Instances
 from detectron2.utils.registry import Registry
+
+from .panoptic import rgb2id
 
 DATASET_MAPPER_REGISTRY = Registry("DATASET_MAPPER")
 DATASET_MAPPER_REGISTRY.__doc__ = """
@@ -31,3 +42,88 @@ def dataset_mapper_class(cfg):
             "A method's mapper is registered when its package is imported."
         )
     return DATASET_MAPPER_REGISTRY.get(name)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A dataset mapper for detectron2's panoptic dataset dicts
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def thing_semantic_ids(meta) -> list:
+    """The semantic (contiguous) id of each thing class of a panoptic dataset's metadata, in thing-index order: the
+    values of ``thing_dataset_id_to_contiguous_id`` (detectron2's COCO and Cityscapes panoptic conventions both give
+    things their id in the semantic label space there)."""
+    mapping = meta.get("thing_dataset_id_to_contiguous_id", None)
+    if not mapping:
+        raise ValueError(
+            f"dataset metadata {meta.name!r} has no thing_dataset_id_to_contiguous_id: a panoptic model needs a "
+            "registered panoptic dataset (DATASETS.TRAIN, or DATASETS.TEST for inference)"
+        )
+    return sorted(mapping.values())
+
+
+@DATASET_MAPPER_REGISTRY.register()
+class PanopticDatasetMapper(DatasetMapper):
+    """``DatasetMapper`` for detectron2's panoptic dicts (``pan_seg_file_name`` + ``segments_info``, as the COCO and
+    Cityscapes panoptic loaders and ``synthetic_panoptic_*`` give): the panoptic PNG goes through the same
+    augmentation as the image (nearest), then
+
+    * ``sem_seg``: each pixel's segment category (the dataset's contiguous semantic id; crowd regions too: they are
+      of their class); void pixels get ``ignore_label``; kept at test time too (for ground-truth semantics);
+    * ``instances`` (training): one per non-crowd thing segment still visible: ``gt_masks`` (BitMasks),
+      ``gt_boxes`` (the mask's tight box), ``gt_classes`` (the thing index, 0..K-1, in the order of
+      ``thing_semantic_ids``).
+
+    Dicts without ``pan_seg_file_name`` go to ``DatasetMapper`` unchanged."""
+
+    @configurable
+    def __init__(self, is_train: bool = True, *, thing_ids=(), ignore_label: int = 255, **kwargs):
+        super().__init__(is_train, **kwargs)
+        self.thing_index = {int(c): k for k, c in enumerate(thing_ids)}
+        self.ignore_label = int(ignore_label)
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        ret = super().from_config(cfg, is_train)
+        names = cfg.DATASETS.TRAIN if is_train or not cfg.DATASETS.TEST else cfg.DATASETS.TEST
+        meta = MetadataCatalog.get(names[0])
+        ret["thing_ids"] = thing_semantic_ids(meta)
+        ret["ignore_label"] = meta.get("ignore_label", 255)
+        return ret
+
+    def __call__(self, dataset_dict):
+        if "pan_seg_file_name" not in dataset_dict:
+            return super().__call__(dataset_dict)
+        d = copy.deepcopy(dataset_dict)
+        segments = d.pop("segments_info")
+        d.pop("sem_seg_file_name", None)  # the panoptic PNG gives the semantic labels too
+        d.pop("annotations", None)
+        image = utils.read_image(d["file_name"], format=self.image_format)
+        utils.check_image_size(d, image)
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        ids = rgb2id(transforms.apply_segmentation(utils.read_image(d.pop("pan_seg_file_name"), "RGB")))
+        d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        sem = np.full(ids.shape, self.ignore_label, dtype=np.int64)
+        masks, classes = [], []
+        for s in segments:
+            m = ids == s["id"]
+            sem[m] = s["category_id"]
+            if s["isthing"] and not s.get("iscrowd", 0) and m.any():
+                if s["category_id"] not in self.thing_index:
+                    raise ValueError(
+                        f"segment {s['id']}: thing category {s['category_id']} not in the metadata's things"
+                    )
+                masks.append(m)
+                classes.append(self.thing_index[s["category_id"]])
+        d["sem_seg"] = torch.as_tensor(sem)
+        if not self.is_train:
+            return d
+        inst = Instances(ids.shape)
+        bit = BitMasks(torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0,) + ids.shape, dtype=torch.bool))
+        inst.gt_masks = bit
+        inst.gt_boxes = bit.get_bounding_boxes()
+        inst.gt_classes = torch.tensor(classes, dtype=torch.int64)
+        d["instances"] = inst
+        return d

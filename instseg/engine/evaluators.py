@@ -13,11 +13,13 @@ from detectron2.evaluation import (
 
 from instseg.compat import ensure_cityscapesscripts_alias
 from instseg.evaluation.cityscapes import CityscapesInstanceEvaluator
+from instseg.evaluation.panoptic import ensure_panopticapi
 from instseg.registry import METHOD_EVALUATOR_REGISTRY, load_methods
 
 from .errors import UserError
 
 ensure_cityscapesscripts_alias()  # CityscapesInstanceEvaluator imports cityscapesscripts by an internal path
+ensure_panopticapi()  # COCOPanopticEvaluator imports panopticapi, which no package index has: ours where it is absent
 
 SUPPORTED = (
     "coco",
