@@ -26,6 +26,8 @@ CONFIGS = sorted(
 )
 SMALL = [
     *SMALL_TEST,
+    "MODEL.HRNET.PRETRAINED",  # timm's ImageNet weights: nothing is downloaded in tests
+    "False",
     "INPUT.MIN_SIZE_TRAIN",
     "(96,)",
     "INPUT.MAX_SIZE_TRAIN",

@@ -27,9 +27,18 @@ class TimmHRNet(Backbone):
         out_indices = tuple(int(i) for i in out_indices)
         if not out_indices or any(not 0 <= i <= 4 for i in out_indices):
             raise ValueError(f"MODEL.HRNET.OUT_INDICES must be in 0..4 (stem, branches 1-4), got {out_indices}")
-        self.body = timm.create_model(
-            name, pretrained=pretrained, features_only=True, feature_location="", out_indices=out_indices
-        )
+        try:
+            self.body = timm.create_model(
+                name, pretrained=pretrained, features_only=True, feature_location="", out_indices=out_indices
+            )
+        except Exception as e:
+            if not pretrained:
+                raise
+            raise RuntimeError(
+                f"MODEL.HRNET.PRETRAINED True: timm could not load {name}'s ImageNet weights ({type(e).__name__}: "
+                f"{e}). Put them in timm's cache (HF_HOME) on a machine that reaches the Hugging Face hub, or set "
+                "MODEL.HRNET.PRETRAINED False and load converted weights with MODEL.WEIGHTS"
+            ) from e
         info = self.body.feature_info
         strides, channels = info.reduction(), info.channels()
         self._out_features = [f"s{s}" for s in strides]

@@ -88,3 +88,20 @@ def test_timm_hrnet_backbone_returns_the_raw_branches_with_their_shapes():
     cfg.MODEL.HRNET.NAME = "hrnet_w99"
     with pytest.raises(ValueError, match="MODEL.HRNET.NAME must be one of"):
         build_backbone(cfg, ShapeSpec(channels=3))
+
+
+def test_timm_hrnet_pretrained_weights_out_of_reach_say_what_to_do(monkeypatch):
+    """MODEL.HRNET.PRETRAINED True where timm cannot get the weights (no cache, no network): one clear error."""
+    timm = pytest.importorskip("timm", reason="timm is in requirements.txt (make venv installs it)")
+    from instseg.modeling.hrnet import TimmHRNet
+
+    def offline(name, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co'")
+        return real(name, pretrained=False, **kwargs)
+
+    real = timm.create_model
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(RuntimeError, match="PRETRAINED True: timm could not load hrnet_w18_small's ImageNet weights"):
+        TimmHRNet("hrnet_w18_small", (0, 1, 2), pretrained=True)
+    assert TimmHRNet("hrnet_w18_small", (0, 1, 2), pretrained=False).output_shape()["s4"].stride == 4
