@@ -47,11 +47,14 @@ SMALL = [
 def _with_targets(batch, cfg):
     if cfg.MODEL.ROI_HEADS.NAME == "MaskPointROIHeads":  # contour points, as its data-loader mapper gives them
         return with_contour_targets(batch, cfg)
-    if cfg.MODEL.META_ARCHITECTURE == "CASNet" and cfg.MODEL.CASNET.PANOPTIC:  # sem_seg, as PanopticDatasetMapper
-        for d in batch:  # gives it: the things' classes over one stuff class (the synthetic panoptic ids: 5)
-            sem = torch.full(d["image"].shape[1:], 5, dtype=torch.int64)
+    # sem_seg, as PanopticDatasetMapper gives it: the things' classes over one stuff class (the synthetic panoptic
+    # ids: 5); Panoptic FPN's separated ids: every thing 0, the stuff 1
+    panoptic_fpn = cfg.MODEL.META_ARCHITECTURE == "PanopticFPN"
+    if panoptic_fpn or (cfg.MODEL.META_ARCHITECTURE == "CASNet" and cfg.MODEL.CASNET.PANOPTIC):
+        for d in batch:
+            sem = torch.full(d["image"].shape[1:], 1 if panoptic_fpn else 5, dtype=torch.int64)
             for m, c in zip(d["instances"].gt_masks.tensor, d["instances"].gt_classes):
-                sem[m] = c
+                sem[m] = 0 if panoptic_fpn else c
             d["sem_seg"] = sem
     return batch
 

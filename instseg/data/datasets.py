@@ -4,7 +4,11 @@ Names (sizes and seed from :class:`SyntheticSpec`, overridable by ``DATASETS.SYN
 
 * ``synthetic_instances_train`` / ``synthetic_instances_val`` — instance segmentation, COCO evaluator;
 * ``synthetic_panoptic_train`` / ``synthetic_panoptic_val`` — the same scenes in detectron2's panoptic
-  format (``pan_seg_file_name`` + ``segments_info``, and ``sem_seg_file_name``), COCO panoptic evaluator.
+  format (``pan_seg_file_name`` + ``segments_info``, and ``sem_seg_file_name``), COCO panoptic evaluator;
+* ``synthetic_panoptic_separated_train`` / ``..._val`` — the same panoptic files with detectron2's "separated"
+  contiguous ids (as ``coco_2017_*_panoptic_separated``): stuff 1..3 after one "things" class 0, which is what
+  Panoptic FPN's semantic head predicts (``PanopticDatasetMapper`` labels every thing pixel 0:
+  ``sem_seg_things_label``).
 
 Real datasets need no code here: detectron2 registers COCO (``coco_2017_train``, ...) and Cityscapes
 (``cityscapes_fine_instance_seg_train``, ...) itself, under ``$DETECTRON2_DATASETS``.
@@ -52,10 +56,28 @@ def synthetic_panoptic_metadata() -> dict:
     }
 
 
-def load_panoptic(split: str, spec: SyntheticSpec, root: Optional[str] = None):
-    """Dataset dicts in detectron2's panoptic format (contiguous category ids, ``isthing`` flags)."""
+def synthetic_panoptic_separated_metadata() -> dict:
+    # detectron2's "separated" convention (register_coco_panoptic_separated): things 0..4 among the things; stuff
+    # 1..3, 0 being "things" in the semantic labels
+    return {
+        "thing_classes": list(THING_CLASSES),
+        "thing_colors": THING_COLORS,
+        "stuff_classes": ["things"] + list(STUFF_CLASSES),
+        "stuff_colors": [(82, 18, 128)] + STUFF_COLORS,
+        "thing_dataset_id_to_contiguous_id": {d: i for i, d in enumerate(THING_IDS)},
+        "stuff_dataset_id_to_contiguous_id": {d: i + 1 for i, d in enumerate(STUFF_IDS)},
+        "sem_seg_things_label": 0,
+        "ignore_label": IGNORE_LABEL,
+        "label_divisor": 1000,
+        "evaluator_type": "coco_panoptic_seg",
+    }
+
+
+def load_panoptic(split: str, spec: SyntheticSpec, root: Optional[str] = None, separated: bool = False):
+    """Dataset dicts in detectron2's panoptic format (contiguous category ids, ``isthing`` flags); ``separated``:
+    detectron2's separated ids (no ``sem_seg_file_name``: its labels are in the standard ids)."""
     path = ensure_split(split, spec, root)
-    meta = synthetic_panoptic_metadata()
+    meta = synthetic_panoptic_separated_metadata() if separated else synthetic_panoptic_metadata()
     with open(os.path.join(path, "panoptic.json")) as f:
         pan = json.load(f)
     images = {im["id"]: im for im in pan["images"]}
@@ -66,7 +88,10 @@ def load_panoptic(split: str, spec: SyntheticSpec, root: Optional[str] = None):
         for s in ann["segments_info"]:
             s = dict(s)
             is_thing = s["category_id"] in meta["thing_dataset_id_to_contiguous_id"]
-            s["category_id"] = meta["stuff_dataset_id_to_contiguous_id"][s["category_id"]]
+            ids = meta[
+                "thing_dataset_id_to_contiguous_id" if separated and is_thing else "stuff_dataset_id_to_contiguous_id"
+            ]
+            s["category_id"] = ids[s["category_id"]]
             s["isthing"] = is_thing
             segs.append(s)
         stem = os.path.splitext(ann["file_name"])[0]
@@ -77,10 +102,11 @@ def load_panoptic(split: str, spec: SyntheticSpec, root: Optional[str] = None):
                 "height": im["height"],
                 "width": im["width"],
                 "pan_seg_file_name": os.path.join(path, "panoptic", ann["file_name"]),
-                "sem_seg_file_name": os.path.join(path, "sem_seg", stem + ".png"),
                 "segments_info": segs,
             }
         )
+        if not separated:
+            out[-1]["sem_seg_file_name"] = os.path.join(path, "sem_seg", stem + ".png")
     return out
 
 
@@ -93,7 +119,8 @@ def _register(name: str, loader, metadata: dict) -> None:
 
 
 def register_synthetic(split: str, spec: SyntheticSpec, root: Optional[str] = None, prefix: str = "synthetic"):
-    """Register ``<prefix>_instances_<split>`` and ``<prefix>_panoptic_<split>`` for ``spec``.
+    """Register ``<prefix>_instances_<split>``, ``<prefix>_panoptic_<split>`` and ``<prefix>_panoptic_separated_<split>``
+    for ``spec``.
 
     Loading is lazy: the split is generated (and cached) the first time a loader is called.
     """
@@ -117,6 +144,17 @@ def register_synthetic(split: str, spec: SyntheticSpec, root: Optional[str] = No
             "panoptic_root": os.path.join(folder, "panoptic"),
             "panoptic_json": os.path.join(folder, "panoptic.json"),
             "sem_seg_root": os.path.join(folder, "sem_seg"),
+        },
+    )
+    _register(
+        f"{prefix}_panoptic_separated_{split}",
+        lambda: load_panoptic(split, spec, root, separated=True),
+        {
+            **synthetic_panoptic_separated_metadata(),
+            "synthetic_spec": spec,
+            "image_root": os.path.join(folder, "images"),
+            "panoptic_root": os.path.join(folder, "panoptic"),
+            "panoptic_json": os.path.join(folder, "panoptic.json"),
         },
     )
     return inst_name, pan_name

@@ -69,7 +69,8 @@ class PanopticDatasetMapper(DatasetMapper):
     augmentation as the image (nearest), then
 
     * ``sem_seg``: each pixel's segment category (the dataset's contiguous semantic id; crowd regions too: they are
-      of their class); void pixels get ``ignore_label``; kept at test time too (for ground-truth semantics);
+      of their class); void pixels get ``ignore_label``; every thing pixel gets ``sem_seg_things_label`` where the
+      metadata names one (detectron2's separated convention, Panoptic FPN's); kept at test time too;
     * ``instances`` (training): one per non-crowd thing segment still visible: ``gt_masks`` (BitMasks),
       ``gt_boxes`` (the mask's tight box), ``gt_classes`` (the thing index, 0..K-1, in the order of
       ``thing_semantic_ids``).
@@ -77,10 +78,11 @@ class PanopticDatasetMapper(DatasetMapper):
     Dicts without ``pan_seg_file_name`` go to ``DatasetMapper`` unchanged."""
 
     @configurable
-    def __init__(self, is_train: bool = True, *, thing_ids=(), ignore_label: int = 255, **kwargs):
+    def __init__(self, is_train: bool = True, *, thing_ids=(), ignore_label: int = 255, things_label=None, **kwargs):
         super().__init__(is_train, **kwargs)
         self.thing_index = {int(c): k for k, c in enumerate(thing_ids)}
         self.ignore_label = int(ignore_label)
+        self.things_label = things_label
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
@@ -89,6 +91,7 @@ class PanopticDatasetMapper(DatasetMapper):
         meta = MetadataCatalog.get(names[0])
         ret["thing_ids"] = thing_semantic_ids(meta)
         ret["ignore_label"] = meta.get("ignore_label", 255)
+        ret["things_label"] = meta.get("sem_seg_things_label", None)
         return ret
 
     def __call__(self, dataset_dict):
@@ -109,7 +112,7 @@ class PanopticDatasetMapper(DatasetMapper):
         masks, classes = [], []
         for s in segments:
             m = ids == s["id"]
-            sem[m] = s["category_id"]
+            sem[m] = s["category_id"] if self.things_label is None or not s["isthing"] else self.things_label
             if s["isthing"] and not s.get("iscrowd", 0) and m.any():
                 if s["category_id"] not in self.thing_index:
                     raise ValueError(

@@ -61,8 +61,8 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     CityscapesInstanceEvaluator (mask AP, AP50, under "segm") and COCO box AP (under "bbox"; the dataset is
     converted to COCO json in ``output_folder`` when its metadata has no json_file); cityscapes_sem_seg / sem_seg →
     the semantic evaluators;
-    coco_panoptic_seg / cityscapes_panoptic_seg → COCOPanopticEvaluator plus the semantic evaluator
-    (and COCO instances when the metadata names an instances json).
+    coco_panoptic_seg / cityscapes_panoptic_seg → COCOPanopticEvaluator plus the semantic evaluator where the
+    metadata has ``sem_seg_root`` (and COCO instances when the metadata names an instances json).
     """
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
@@ -81,7 +81,8 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
         evaluators.append(CityscapesSemSegEvaluator(dataset_name))
     elif evaluator_type == "coco_panoptic_seg":
         evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
-        evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+        if meta.get("sem_seg_root", None):  # semantic labels in the model's ids (not the separated convention's)
+            evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
         if meta.get("json_file", None):
             tasks = coco_tasks(cfg, dataset_name)
             evaluators.append(COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder))
