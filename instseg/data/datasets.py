@@ -119,8 +119,8 @@ def _register(name: str, loader, metadata: dict) -> None:
 
 
 def register_synthetic(split: str, spec: SyntheticSpec, root: Optional[str] = None, prefix: str = "synthetic"):
-    """Register ``<prefix>_instances_<split>``, ``<prefix>_panoptic_<split>`` and ``<prefix>_panoptic_separated_<split>``
-    for ``spec``.
+    """Register ``<prefix>_instances_<split>``, ``<prefix>_panoptic_<split>`` and
+    ``<prefix>_panoptic_separated_<split>`` for ``spec``.
 
     Loading is lazy: the split is generated (and cached) the first time a loader is called.
     """
