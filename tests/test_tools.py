@@ -186,3 +186,39 @@ def test_benchmark_inference_counts_what_runs_and_the_mask_head_macs(capsys):
     assert quasi["mask_head_gmac_per_roi"] == base["mask_head_gmac_per_roi"]
     macs = 64 * 64 * (14**2 * 4 + 28**2 * 4 + 28**2 * 9 + 14**2 * 9)
     assert pyramid["mask_head_gmac_per_roi"] - base["mask_head_gmac_per_roi"] == pytest.approx(macs / 1e9)
+
+
+def test_benchmark_inference_casnet_times_its_post_processing(capsys):
+    """CASNet (synthetic, untrained) next to a Mask R-CNN: the seeds are calibrated to 9 x --detections positions, so
+    instances come out; the post-processing's time is a share of the total and its peak memory is reported alone."""
+    pytest.importorskip("timm", reason="timm is in requirements.txt (make venv installs it)")
+    from tools import benchmark_inference
+
+    base = os.path.join(ROOT, "configs", "Baselines", "mask_rcnn_R_18_FPN_synthetic.yaml")
+    cas = os.path.join(ROOT, "configs", "CASNet", "casnet_hrnet_w18_small_synthetic.yaml")
+    benchmark_inference.main(["--model", "a", base, "--model", "c", cas, "--memory", *SMALL_RUN])
+    out = json.loads(capsys.readouterr().out)
+    a, c = out["models"]["a"], out["models"]["c"]
+    assert a["postprocess_seconds"] is None and a["postprocess_share"] is None
+    assert 0 < c["postprocess_seconds"] < c["seconds"]
+    assert c["postprocess_share"] == pytest.approx(c["postprocess_seconds"] / c["seconds"])
+    assert c["postprocess_peak_memory_mb"] is not None and c["detections"] > 0
+
+
+def test_calibrate_casnet_makes_the_asked_number_of_seeds():
+    pytest.importorskip("timm", reason="timm is in requirements.txt (make venv installs it)")
+    import torch
+
+    from tools import benchmark_inference
+
+    cas = os.path.join(ROOT, "configs", "CASNet", "casnet_hrnet_w18_small_synthetic.yaml")
+    _, model, _ = benchmark_inference.build(["c", cas], 7)
+    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    inputs = [{"image": image, "height": 64, "width": 96}]
+    benchmark_inference.calibrate_casnet(model, inputs, 7)
+    seen = {}
+    handle = model.prob_head.register_forward_hook(lambda mod, args, out: seen.setdefault("x", out))
+    with torch.no_grad():
+        model(inputs)
+    handle.remove()
+    assert int((torch.sigmoid(seen["x"]) > model.post["seed_threshold"]).sum()) == 63

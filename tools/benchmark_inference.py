@@ -6,15 +6,25 @@
     python tools/benchmark_inference.py --preset dsg_table1 --size 256 256 --threads 1   # Table 1 rows, synthetic
     python tools/benchmark_inference.py --preset maskplus            # each MaskPlus technique alone, MaskPlus
     python tools/benchmark_inference.py --preset rdsnet              # RDSNet (+ MBRM) / RetinaNet, Mask R-CNN
+    python tools/benchmark_inference.py --preset casnet --memory     # CASNet panoptic / instance / Panoptic FPN
     python tools/benchmark_inference.py --model a configs/A.yaml --model b configs/B.yaml KEY VALUE
 
 Models are built from their configs (random weights: nothing is downloaded, unless a model's overrides
 give MODEL.WEIGHTS) and run on the same random image. So that every model runs its per-detection heads on
 the same number of RoIs, the box head keeps exactly ``--detections`` detections per image (score threshold
 0). The models are timed in turns (a, b, c, a, b, c, ...) and each one's median is reported; ratios are
-against the first model. Also reported: the parameters of the modules that run at inference (``params_run``: a
-training-only branch does not count), and the GMAC of the mask head per RoI (fvcore's count, one MAC per
-multiply-add) where the mask head is a ``MaskRCNNConvUpsampleHead``.
+against the first model. A preset may fix its image size (``casnet``: Cityscapes' 1024 x 2048). Also reported: the
+parameters of the modules that run at inference (``params_run``: a training-only branch does not count), and the GMAC
+of the mask head per RoI (fvcore's count, one MAC per multiply-add) where the mask head is a
+``MaskRCNNConvUpsampleHead``.
+
+CASNet (no detector to keep a fixed number of detections): with random weights its BatchNorms are set to normalise
+the image's activations, its attribute head's bias so that the distances' median is ``ATTRIBUTE_HALF_SIZE``, and its
+box-probability head's bias so that 9 x ``--detections`` positions are seeds before NMS (a 3 x 3 centre region per
+object, as the targets' radius of 1.5 strides gives); its post-processing
+(``inference_single``: attributes -> boxes, seeds, NMS, the IoU vote, masks, panoptic combination) is timed on its own
+within each run (``postprocess_seconds``, ``postprocess_share``) and, with ``--memory``, its peak memory on the heads'
+outputs alone.
 """
 
 import argparse
@@ -79,7 +89,22 @@ PRESETS = {
         ["rdsnet_mbrm", RDS, *rdsnet_table_opts(4, "mbrm")],
         ["mask_rcnn", "configs/Baselines/mask_rcnn_R_50_FPN_1x.yaml"],
     ],
+    # CASNet on its Cityscapes recipe (HRNet-W48), panoptic and instance mode, against detectron2's Panoptic FPN R-50
+    "casnet": [
+        ["panoptic_fpn", "configs/Baselines/panoptic_fpn_R_50_FPN_1x.yaml"],
+        ["casnet_panoptic", "configs/CASNet/casnet_hrnet_w48_cityscapes.yaml", "MODEL.HRNET.PRETRAINED", "False"],
+        [
+            "casnet_instance",
+            "configs/CASNet/casnet_hrnet_w48_cityscapes_instance.yaml",
+            "MODEL.HRNET.PRETRAINED",
+            "False",
+        ],
+    ],
 }
+PRESET_SIZES = {"casnet": (1024, 2048)}
+# an untrained CASNet's attributes are set around this many output pixels (x 4 px at stride 4: 64-px boxes, the size
+# of a car in a Cityscapes image), so that its boxes, NMS and vote work on objects of a plausible size
+ATTRIBUTE_HALF_SIZE = 8.0
 
 
 def parse_args(argv=None):
@@ -100,7 +125,7 @@ def parse_args(argv=None):
         metavar="NAME=PATH",
         help="load a checkpoint into the model NAME (repeatable), e.g. a preset's row",
     )
-    p.add_argument("--size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"))
+    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="default 800 1333")
     p.add_argument("--detections", type=int, default=100, help="detections per image kept by every model")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
@@ -109,6 +134,8 @@ def parse_args(argv=None):
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     args.models = [list(m) for m in (PRESETS[args.preset] if args.preset else [])] + args.model
+    if args.size is None:
+        args.size = list(PRESET_SIZES.get(args.preset, (800, 1333)))
     if len(args.models) < 1:
         p.error("give --preset or at least one --model")
     by_name = {m[0]: m for m in args.models}
@@ -226,6 +253,81 @@ def peak_memory_mb(model, inputs):
     return (status("VmHWM") - start) / 1024
 
 
+def calibrate_casnet(model, inputs, detections):
+    """An untrained CASNet: BatchNorms (eval mode, running statistics 0 / 1) normalise this image's activations, in
+    forward order, and the box-probability head's last bias makes 9 x ``detections`` positions seeds (see the module
+    docstring). No-op for other models and for trained ones."""
+    import torch
+
+    if not hasattr(model, "prob_head") or model.trained:
+        return
+
+    def hook(module, args):
+        x = args[0]
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.copy_(x.var(dim=(0, 2, 3)))
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        model(inputs)
+    for h in handles:
+        h.remove()
+    logits = {}
+    handle = model.prob_head.register_forward_hook(lambda mod, args, out: logits.setdefault("x", out))
+    with torch.no_grad():
+        model(inputs)
+    handle.remove()
+    attrs = {}
+    handle = model.attr_head.register_forward_hook(lambda mod, args, out: attrs.setdefault("x", out))
+    with torch.no_grad():
+        model(inputs)
+    handle.remove()
+    with torch.no_grad():  # the attributes' median at ATTRIBUTE_HALF_SIZE output pixels: boxes of objects' size
+        model.attr_head[-1].bias.add_(ATTRIBUTE_HALF_SIZE - attrs["x"].median())
+    flat = logits["x"].flatten()
+    k = min(9 * detections, flat.numel())
+    threshold = flat.topk(k).values[-1]
+    with torch.no_grad():  # seeds: sigmoid > SEED_THRESHOLD, i.e. logit > its logit
+        t = torch.tensor(model.post["seed_threshold"]).clamp(1e-6, 1 - 1e-6)
+        model.prob_head[-1].bias.add_(torch.log(t / (1 - t)) - threshold + 1e-4)
+
+
+def postprocess_timer(model):
+    """Wrap a CASNet's ``inference_single`` to add its time to the returned list (None for other models)."""
+    if not hasattr(model, "inference_single") or not hasattr(model, "prob_head"):
+        return None
+    spent = []
+    inner = model.inference_single
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        out = inner(*args, **kwargs)
+        spent.append(time.perf_counter() - start)
+        return out
+
+    model.inference_single = timed
+    return spent
+
+
+def postprocess_peak_memory_mb(model, inputs):
+    """CASNet's post-processing alone (on the heads' outputs of ``inputs``): peak resident-memory growth, MiB."""
+    import torch
+    from detectron2.structures import ImageList
+
+    x = inputs[0]
+    with torch.no_grad():
+        image = (x["image"].to(model.device) - model.pixel_mean) / model.pixel_std
+        images = ImageList.from_tensors([image], model.backbone.size_divisibility)
+        sem, attr, prob = model.heads(images)
+
+    class Post(torch.nn.Module):
+        def forward(self, _):
+            size = images.image_sizes[0]
+            return model.inference_single(sem[0], attr[0], prob[0], size, (x["height"], x["width"]))
+
+    return peak_memory_mb(Post(), inputs)
+
+
 def calibrate_frozen_bn(model, inputs):
     """Random weights behind FrozenBatchNorm (identity statistics) make activations grow by orders of magnitude
     over 50 layers: the RPN then keeps a handful of degenerate proposals and the box head one detection, which
@@ -264,7 +366,9 @@ def main(argv=None):
     for _, model, _ in models:
         if not model.trained:
             calibrate_frozen_bn(model, inputs)
+            calibrate_casnet(model, inputs, args.detections)
     run_params = {name: params_run(model, inputs) for name, model, _ in models}
+    post_times = {name: postprocess_timer(model) for name, model, _ in models}
     gmac = {name: mask_head_gmac_per_roi(model) for name, model, _ in models}
     times = {name: [] for name, _, _ in models}
     detections = {}
@@ -272,6 +376,9 @@ def main(argv=None):
         for _ in range(args.warmup):
             for name, model, _ in models:
                 detections[name] = len(model(inputs)[0]["instances"])
+        for spent in post_times.values():
+            if spent is not None:
+                spent.clear()  # the timed runs only
         for _ in range(args.repeats):
             for name, model, _ in models:
                 start = time.perf_counter()
@@ -279,8 +386,13 @@ def main(argv=None):
                 times[name].append(time.perf_counter() - start)
                 detections[name] = len(out[0]["instances"])
     memory = {name: peak_memory_mb(model, inputs) if args.memory else None for name, model, _ in models}
+    post_memory = {
+        name: postprocess_peak_memory_mb(model, inputs) if args.memory and post_times[name] is not None else None
+        for name, model, _ in models
+    }
     base = models[0][0]
     med = {n: statistics.median(t) for n, t in times.items()}
+    post = {n: None if t is None else statistics.median(t) for n, t in post_times.items()}
     result = {
         "size": [h, w],
         "threads": torch.get_num_threads(),
@@ -295,6 +407,9 @@ def main(argv=None):
                 "params_run": run_params[name],
                 "mask_head_gmac_per_roi": gmac[name],
                 "peak_memory_mb": memory[name],
+                "postprocess_seconds": post[name],
+                "postprocess_share": None if post[name] is None else post[name] / med[name],
+                "postprocess_peak_memory_mb": post_memory[name],
                 "detections": detections[name],
                 "config": spec[1],
                 "opts": spec[2:],
@@ -317,6 +432,16 @@ def main(argv=None):
                     else f"  mask head {r['mask_head_gmac_per_roi']:.3f} GMAC/RoI"
                 )
                 + ("" if r["peak_memory_mb"] is None else f"  peak +{r['peak_memory_mb']:.0f} MiB")
+                + (
+                    ""
+                    if r["postprocess_seconds"] is None
+                    else f"  post-processing {r['postprocess_seconds']:.3f} s ({100 * r['postprocess_share']:.1f} %)"
+                    + (
+                        ""
+                        if r["postprocess_peak_memory_mb"] is None
+                        else f", peak +{r['postprocess_peak_memory_mb']:.0f} MiB"
+                    )
+                )
             )
     return result
 

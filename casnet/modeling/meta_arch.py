@@ -381,6 +381,7 @@ class CASNet(nn.Module):
         pixels."""
         pan = torch.zeros_like(ids, dtype=torch.int32)
         segments = []
+        classes, scores = inst.pred_classes.tolist(), inst.scores.detach().tolist()
         for k in range(len(inst)):  # score order
             m = ids == k
             if not bool(m.any()):
@@ -390,8 +391,8 @@ class CASNet(nn.Module):
                 {
                     "id": len(segments) + 1,
                     "isthing": True,
-                    "category_id": int(inst.pred_classes[k]),
-                    "score": float(inst.scores[k]),
+                    "category_id": classes[k],
+                    "score": scores[k],
                     "instance_id": k,
                 }
             )
