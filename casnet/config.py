@@ -34,6 +34,10 @@ def add_casnet_config(cfg) -> None:
     # detectron2 model: EXTERNAL_SEMANTIC_CONFIG + EXTERNAL_SEMANTIC_WEIGHTS), "ground_truth" (the inputs' sem_seg: the
     # upper bound). The labels are the dataset's semantic ids (its sem_seg convention).
     _C.SEMANTIC_SOURCE = "predicted"
+    # instance mode: the label id of each thing class in the given labels (external / ground truth), in thing order;
+    # empty: 0..K-1 (the synthetic data's). Cityscapes' semantic labels (trainIds) put the things at 11-18. Panoptic
+    # mode reads them from the dataset's metadata.
+    _C.THING_SEMANTIC_IDS = []
     _C.EXTERNAL_SEMANTIC_DIR = ""
     _C.EXTERNAL_SEMANTIC_CONFIG = ""
     _C.EXTERNAL_SEMANTIC_WEIGHTS = ""

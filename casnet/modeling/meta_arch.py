@@ -29,14 +29,15 @@ import math
 import os
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
-from detectron2.data.detection_utils import read_image
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_model
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, Boxes, ImageList, Instances, PolygonMasks
+from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
@@ -58,6 +59,13 @@ IGNORE = 255
 SATURATED = 20.0  # the logit of a given label (one-hot): softmax 1 - 1e-8 against the rest
 
 
+def _resize_labels(labels: torch.Tensor, size) -> torch.Tensor:
+    """A label map at ``size`` (nearest; unchanged when it is that size already)."""
+    if tuple(labels.shape) == tuple(size):
+        return labels
+    return F.interpolate(labels[None, None].float(), size=tuple(size), mode="nearest-exact")[0, 0].long()
+
+
 def _external_model(cfg_file: str, weights: str, device: str):
     """Another detectron2 model (a semantic segmentor) whose ``sem_seg`` gives the labels in separated mode."""
     from instseg.config import get_cfg
@@ -70,7 +78,7 @@ def _external_model(cfg_file: str, weights: str, device: str):
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model
+    return model, cfg.INPUT.FORMAT
 
 
 @META_ARCH_REGISTRY.register()
@@ -102,6 +110,7 @@ class CASNet(nn.Module):
         semantic_source: str = "predicted",
         external_dir: str = "",
         external_model: Optional[nn.Module] = None,
+        external_flip_channels: bool = False,
     ):
         """
         Args (beyond the parts and the keys of the same names):
@@ -109,6 +118,7 @@ class CASNet(nn.Module):
             num_sem_classes: the semantic head's classes: K + 1 (background last) in instance mode, the dataset's
                 classes in panoptic mode.
             external_model: separated mode's semantic model (not a submodule: not trained, not in checkpoints).
+            external_flip_channels: its input format is the other of RGB / BGR: its images are flipped.
         """
         super().__init__()
         self.max_detections = max_detections
@@ -138,6 +148,7 @@ class CASNet(nn.Module):
         self.semantic_source = semantic_source
         self.external_dir = external_dir
         self.__dict__["external_model"] = external_model  # outside the module tree: frozen, not saved
+        self.external_flip_channels = external_flip_channels
         # the dataset's semantic ids -> the head's classes: panoptic, the same (others ignored); instance mode, the
         # thing ids -> their index, everything else background (K)
         lut = torch.full((256,), IGNORE if panoptic else num_things, dtype=torch.int64)
@@ -172,7 +183,9 @@ class CASNet(nn.Module):
         K = c.NUM_THING_CLASSES
         if K < 1:
             raise ValueError(f"MODEL.CASNET.NUM_THING_CLASSES must be >= 1, got {K}")
-        thing_ids, num_sem = list(range(K)), K + 1
+        thing_ids, num_sem = list(c.THING_SEMANTIC_IDS) or list(range(K)), K + 1
+        if not c.PANOPTIC and (len(thing_ids) != K or not all(0 <= t < IGNORE for t in thing_ids)):
+            raise ValueError(f"MODEL.CASNET.THING_SEMANTIC_IDS {thing_ids}: one label id (0-254) per thing class ({K})")
         if c.PANOPTIC:
             names = cfg.DATASETS.TRAIN or cfg.DATASETS.TEST
             if not names:
@@ -187,11 +200,14 @@ class CASNet(nn.Module):
                     f"MODEL.CASNET.NUM_THING_CLASSES {K}, but {names[0]!r} has {len(thing_ids)} thing classes among "
                     f"{num_sem} classes: set NUM_THING_CLASSES {len(thing_ids)} (panoptic mode: a panoptic dataset)"
                 )
-        external = None
+        external, flip = None, False
         if c.SEMANTIC_SOURCE == "external" and (c.EXTERNAL_SEMANTIC_CONFIG or c.EXTERNAL_SEMANTIC_WEIGHTS):
             if not (c.EXTERNAL_SEMANTIC_CONFIG and c.EXTERNAL_SEMANTIC_WEIGHTS):
                 raise ValueError("MODEL.CASNET.EXTERNAL_SEMANTIC_CONFIG needs EXTERNAL_SEMANTIC_WEIGHTS, and back")
-            external = _external_model(c.EXTERNAL_SEMANTIC_CONFIG, c.EXTERNAL_SEMANTIC_WEIGHTS, cfg.MODEL.DEVICE)
+            external, ext_format = _external_model(
+                c.EXTERNAL_SEMANTIC_CONFIG, c.EXTERNAL_SEMANTIC_WEIGHTS, cfg.MODEL.DEVICE
+            )
+            flip = {ext_format, cfg.INPUT.FORMAT} == {"RGB", "BGR"}
         ch, n, norm = c.HEAD_CHANNELS, c.HEAD_NUM_CONVS, c.NORM
         return {
             "backbone": backbone,
@@ -217,6 +233,7 @@ class CASNet(nn.Module):
             "semantic_source": c.SEMANTIC_SOURCE,
             "external_dir": c.EXTERNAL_SEMANTIC_DIR,
             "external_model": external,
+            "external_flip_channels": flip,
         }
 
     @property
@@ -242,7 +259,7 @@ class CASNet(nn.Module):
                     )
                 sems = [x["sem_seg"].to(self.device) for x in batched_inputs]
             return self.losses(sem, attr, prob, gts, images, sems)
-        given = self.given_labels(batched_inputs, images)
+        given = self.given_labels(batched_inputs)
         results = []
         for i, (x, size) in enumerate(zip(batched_inputs, images.image_sizes)):
             out_size = (x.get("height", size[0]), x.get("width", size[1]))
@@ -296,16 +313,20 @@ class CASNet(nn.Module):
         return {"loss_sem": alpha * loss_sem, "loss_common": beta * loss_common, "loss_prob": gamma * loss_prob}
 
     # ---- inference ----------------------------------------------------------------------------------------------
-    def given_labels(self, batched_inputs, images: ImageList) -> Optional[List[torch.Tensor]]:
-        """The semantic labels of the external or ground-truth source, per image: (h, w) int64 head classes at the
-        input tensor's resolution (``IGNORE`` for none); None for the predicted source."""
+    def given_labels(self, batched_inputs) -> Optional[List[torch.Tensor]]:
+        """The semantic labels of the external or ground-truth source, per image: (h, w) int64 head classes
+        (``IGNORE`` for none) at the size they come in (ground truth: the input tensor's; a label PNG: the original
+        image's; another model: the output's); None for the predicted source."""
         if self.semantic_source == "predicted":
             return None
         out = []
         if self.semantic_source == "external" and self.external_model is not None:
             ext = self.external_model.to(self.device)
-            raw = [r["sem_seg"].argmax(dim=0) for r in ext(batched_inputs)]  # at each input's output size
-        for i, (x, size) in enumerate(zip(batched_inputs, images.image_sizes)):
+            ext_inputs = batched_inputs
+            if self.external_flip_channels:  # its INPUT.FORMAT is not ours (RGB vs BGR)
+                ext_inputs = [{**x, "image": x["image"].flip(0)} for x in batched_inputs]
+            raw = [r["sem_seg"].argmax(dim=0) for r in ext(ext_inputs)]  # at each input's output size
+        for i, x in enumerate(batched_inputs):
             if self.semantic_source == "ground_truth":
                 if "sem_seg" not in x:
                     raise ValueError(
@@ -322,9 +343,12 @@ class CASNet(nn.Module):
                     raise FileNotFoundError(
                         f"MODEL.CASNET.EXTERNAL_SEMANTIC_DIR has no {stem}.png (for {x['file_name']})"
                     )
-                labels = torch.as_tensor(read_image(path, "L")[..., 0].astype("int64"), device=self.device)
-            if tuple(labels.shape) != tuple(size):  # labels at the original or output size: to the input's (nearest)
-                labels = F.interpolate(labels[None, None].float(), size=tuple(size), mode="nearest-exact")[0, 0]
+                png = np.asarray(Image.open(path))  # class ids as stored: grey ("L") or palette ("P") indices
+                if png.ndim != 2:
+                    raise ValueError(
+                        f"{path}: label PNGs must be single-channel class ids (mode L or P), not {png.shape}"
+                    )
+                labels = torch.as_tensor(png.astype("int64"), device=self.device)
             out.append(self.sem_lut[labels.long().clamp(0, 255)])
         return out
 
@@ -338,7 +362,11 @@ class CASNet(nn.Module):
         ``given_labels``)."""
         s = self.stride
         hs, ws = math.ceil(image_size[0] / s), math.ceil(image_size[1] / s)
-        sem_small = sem[:, :hs, :ws] if labels is None else self._one_hot(labels_at_stride(labels, (hs, ws), s, IGNORE))
+        if labels is not None:
+            labels_in = _resize_labels(labels, image_size)
+            sem_small = self._one_hot(labels_at_stride(labels_in, (hs, ws), s, IGNORE))
+        else:
+            sem_small = sem[:, :hs, :ws]
         out = casnet_postprocess(sem_small, attr[:, :hs, :ws], prob[:, :hs, :ws], self.head_things, **self.post)
         keep = out["scores"].argsort(descending=True)[: self.max_detections]  # TEST.DETECTIONS_PER_IMAGE
         remap = torch.full((len(out["scores"]) + 1,), -1, dtype=torch.int64, device=sem.device)
@@ -368,7 +396,7 @@ class CASNet(nn.Module):
             sem_seg = sem_seg_postprocess(sem_full, image_size, *out_size)
             sem_labels = sem_seg.argmax(dim=0)
         else:
-            sem_labels = F.interpolate(labels[None, None].float(), size=out_size, mode="nearest-exact")[0, 0].long()
+            sem_labels = _resize_labels(labels, out_size)  # from the given labels' own size, once
             sem_seg = self._one_hot(sem_labels)[: self.num_sem]
         result = {"instances": inst, "sem_seg": sem_seg}
         if self.panoptic:

@@ -28,8 +28,21 @@ DATASET_MAPPER_REGISTRY.register(DatasetMapper)
 
 
 def add_dataset_mapper_config(cfg) -> None:
-    """``INPUT.DATASET_MAPPER_NAME``: the registered mapper of the train and test loaders."""
+    """``INPUT.DATASET_MAPPER_NAME``: the registered mapper of the train and test loaders. ``INPUT.CROP.AFTER_RESIZE``:
+    crop the resized image (resize, crop, flip: the semantic / panoptic segmentation recipes, e.g. CASNet's Sec. IV)
+    instead of detectron2's crop of the original image before the resize."""
     cfg.INPUT.DATASET_MAPPER_NAME = "DatasetMapper"
+    cfg.INPUT.CROP.AFTER_RESIZE = False
+
+
+def build_augmentations(cfg, is_train: bool) -> list:
+    """detectron2's augmentations of ``DatasetMapper`` (resize, flip; ``INPUT.CROP`` in training), the crop placed
+    after the resize when ``INPUT.CROP.AFTER_RESIZE``."""
+    augs = utils.build_augmentation(cfg, is_train)
+    if cfg.INPUT.CROP.ENABLED and is_train:
+        crop = T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE)
+        augs.insert(1 if cfg.INPUT.CROP.AFTER_RESIZE else 0, crop)  # augs[0] is the ResizeShortestEdge
+    return augs
 
 
 def dataset_mapper_class(cfg):
@@ -87,6 +100,7 @@ class PanopticDatasetMapper(DatasetMapper):
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
         ret = super().from_config(cfg, is_train)
+        ret["augmentations"] = build_augmentations(cfg, is_train)
         names = cfg.DATASETS.TRAIN if is_train or not cfg.DATASETS.TEST else cfg.DATASETS.TEST
         meta = MetadataCatalog.get(names[0])
         ret["thing_ids"] = thing_semantic_ids(meta)
@@ -112,8 +126,10 @@ class PanopticDatasetMapper(DatasetMapper):
         masks, classes = [], []
         for s in segments:
             m = ids == s["id"]
-            sem[m] = s["category_id"] if self.things_label is None or not s["isthing"] else self.things_label
-            if s["isthing"] and not s.get("iscrowd", 0) and m.any():
+            # detectron2's COCO panoptic loader marks things; its Cityscapes one does not: the metadata's thing ids say
+            isthing = s.get("isthing", s["category_id"] in self.thing_index)
+            sem[m] = s["category_id"] if self.things_label is None or not isthing else self.things_label
+            if isthing and not s.get("iscrowd", 0) and m.any():
                 if s["category_id"] not in self.thing_index:
                     raise ValueError(
                         f"segment {s['id']}: thing category {s['category_id']} not in the metadata's things"

@@ -15,7 +15,7 @@ from detectron2.solver.build import (
 )
 from detectron2.utils import comm
 
-from instseg.data.mappers import dataset_mapper_class
+from instseg.data.mappers import build_augmentations, dataset_mapper_class
 
 from .errors import UserError
 from .evaluators import build_evaluator
@@ -55,6 +55,8 @@ def build_mapper(cfg, is_train: bool):
         cls = dataset_mapper_class(cfg)
     except ValueError as e:
         raise UserError(str(e)) from None
+    if cfg.INPUT.CROP.AFTER_RESIZE:  # the crop after the resize (detectron2's mappers crop first)
+        return cls(cfg, is_train, augmentations=build_augmentations(cfg, is_train))
     return cls(cfg, is_train)
 
 

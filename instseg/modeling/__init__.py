@@ -1,6 +1,6 @@
 """Model parts shared by the methods, registered in detectron2's registries on import."""
 
-from .backbone import build_basic_resnet, build_basic_resnet_fpn_backbone, build_basic_retinanet_resnet_fpn_backbone
+from .backbone import build_basic_resnet, build_basic_resnet_fpn_backbone
 from .hrnet import HRNET_MODELS, TimmHRNet, build_timm_hrnet_backbone
 
 __all__ = [
@@ -8,6 +8,5 @@ __all__ = [
     "TimmHRNet",
     "build_basic_resnet",
     "build_basic_resnet_fpn_backbone",
-    "build_basic_retinanet_resnet_fpn_backbone",
     "build_timm_hrnet_backbone",
 ]

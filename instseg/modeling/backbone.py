@@ -8,7 +8,7 @@ detectron2's own ``BasicStem``, ``BasicBlock`` and ``ResNet``; res(k+1) has twic
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
-from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
+from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, ResNet
 
 BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
@@ -53,21 +53,5 @@ def build_basic_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
         top_block=LastLevelMaxPool(),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
-
-
-@BACKBONE_REGISTRY.register()
-def build_basic_retinanet_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
-    """:func:`build_basic_resnet` + detectron2's FPN with P6 and P7 from res5 (the one-stage detectors' P3-P7), as
-    ``build_retinanet_resnet_fpn_backbone``."""
-    bottom_up = build_basic_resnet(cfg, input_shape)
-    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    return FPN(
-        bottom_up=bottom_up,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=out_channels,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelP6P7(bottom_up.output_shape()["res5"].channels, out_channels),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )

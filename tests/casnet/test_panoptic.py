@@ -104,7 +104,7 @@ def _grid_scene():
     return ids, segments
 
 
-def _perfect_maps(model, ids, segments):
+def _perfect_maps(model, ids, segments, num_classes=8):
     from detectron2.structures import BitMasks, Instances
 
     sem = torch.zeros(ids.shape, dtype=torch.int64)
@@ -117,9 +117,9 @@ def _perfect_maps(model, ids, segments):
     inst = Instances(ids.shape)
     inst.gt_masks = BitMasks(torch.stack(masks))
     inst.gt_boxes = inst.gt_masks.get_bounding_boxes()
-    inst.gt_classes = torch.tensor(classes)
+    inst.gt_classes = torch.tensor([model.thing_ids.index(c) for c in classes])  # the mapper's thing index
     labels, dist, valid, centres, inside = model.targets(inst, ids.shape, ids.shape, sem)
-    return F.one_hot(labels, 8).permute(2, 0, 1).float() * 20, dist, (centres * 2 - 1) * 20, sem
+    return F.one_hot(labels, num_classes).permute(2, 0, 1).float() * 20, dist, (centres * 2 - 1) * 20, sem
 
 
 def test_sec3c_panoptic_seg_of_a_perfect_prediction_scores_pq_100(pan_cfg, tmp_path):
@@ -182,6 +182,44 @@ def test_sec3c_panoptic_seg_of_a_perfect_prediction_scores_pq_100(pan_cfg, tmp_p
         pq[area] = ev.evaluate()["panoptic_seg"]
     assert pq[16]["PQ"] == pytest.approx(100.0)
     assert pq[17]["PQ_th"] == pytest.approx(100.0) and pq[17]["PQ_st"] == pytest.approx(100 * 2 / 3)
+
+
+def test_sec3c_cityscapes_ids_things_are_train_ids_11_to_18(pan_cfg):
+    """detectron2's Cityscapes panoptic metadata (19 classes; things are the semantic ids 11-18, stuff 0-10): the head
+    predicts 19 classes, the box-probability head 8; a grid-aligned perfect prediction of a person (11) and a car (13)
+    on road (0) and sky (10) comes back with pred_classes and panoptic category ids in the semantic ids."""
+    model = _model(
+        pan_cfg,
+        [
+            "DATASETS.TRAIN",
+            "('cityscapes_fine_panoptic_train',)",
+            "MODEL.CASNET.NUM_THING_CLASSES",
+            "8",
+            "MODEL.CASNET.STUFF_AREA",
+            "1",
+            "MODEL.CASNET.SEED_NMS_THRESHOLD",
+            "0.95",
+        ],
+    )
+    assert model.thing_ids == list(range(11, 19)) and model.stuff_ids == list(range(11))
+    assert model.sem_head[-1].out_channels == 19 and model.prob_head[-1].out_channels == 8
+    ids, segments = _grid_scene()
+    cityscapes = {5: 0, 6: 10, 7: 2, 1: 11, 3: 13}  # synthetic id -> a Cityscapes trainId
+    segments = [{**x, "category_id": cityscapes[x["category_id"]]} for x in segments]
+    sem, dist, prob, labels = _perfect_maps(model, ids, segments, num_classes=19)
+    out = model.inference_single(sem, dist, prob, (32, 32), (32, 32), labels)
+    assert sorted(out["instances"].pred_classes.tolist()) == [11, 13]
+    pan, info = out["panoptic_seg"]
+    assert sorted((x["category_id"], x["isthing"]) for x in info) == [
+        (0, False),
+        (2, False),
+        (10, False),
+        (11, True),
+        (13, True),
+    ]
+    for x in info:
+        gt = next(g for g in segments if g["category_id"] == x["category_id"])
+        assert torch.equal(pan == x["id"], torch.from_numpy(ids == gt["id"]))
 
 
 def test_sec3c_combine_things_first_then_stuff_above_the_area():
@@ -251,6 +289,49 @@ def test_ground_truth_and_external_label_sources_agree(pan_cfg, tmp_path):
         _model(pan_cfg, ["MODEL.CASNET.SEMANTIC_SOURCE", "external", "MODEL.CASNET.EXTERNAL_SEMANTIC_DIR", "/nope"])
 
 
+def test_external_label_pngs_palette_and_original_size(pan_cfg, tmp_path):
+    """Label PNGs as semantic models save them (palette mode, at the original image size) while the model runs at
+    another size: the class ids are read as stored (not as grey levels), and sem_seg / the stuff come from them at the
+    output size without a round trip through the input size."""
+    from PIL import Image
+
+    cfg = pan_cfg.clone()
+    cfg.merge_from_list(["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64"])
+    inputs = _mapped(cfg, False, n=1)
+    x = inputs[0]
+    assert tuple(x["image"].shape[1:]) == (64, 64) and (x["height"], x["width"]) == (96, 96)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 8, (96, 96), generator=g)
+    labels[:8, :8] = 255
+    png = Image.fromarray(labels.numpy().astype(np.uint8), mode="P")
+    png.putpalette([v for i in range(256) for v in (i * 37 % 256, i * 91 % 256, i * 53 % 256)])
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    png.save(folder / (os.path.splitext(os.path.basename(x["file_name"]))[0] + ".png"))
+    model = _model(cfg, ["MODEL.CASNET.SEMANTIC_SOURCE", "external", "MODEL.CASNET.EXTERNAL_SEMANTIC_DIR", str(folder)])
+    model.eval()
+    with torch.no_grad():
+        out = model(inputs)[0]
+    sem = out["sem_seg"]
+    assert sem.shape == (8, 96, 96)
+    known = labels != 255
+    assert torch.equal(sem.argmax(0)[known], labels[known]) and (sem[:, ~known] == 0).all()
+    Image.fromarray(np.zeros((96, 96, 3), np.uint8)).save(folder / "rgb.png")
+    with pytest.raises(ValueError, match="single-channel class ids"):
+        model.given_labels([{**x, "file_name": "images/rgb.png"}])
+
+
+def test_instance_mode_given_labels_use_thing_semantic_ids(pan_cfg):
+    """Instance mode with given labels in another convention (things at 11 and 13, as Cityscapes' trainIds):
+    THING_SEMANTIC_IDS maps them to the thing classes, every other id to background."""
+    inst_cfg = config_from("configs/CASNet/casnet_hrnet_w18_small_synthetic_instance.yaml", TINY)
+    model = _model(inst_cfg, ["MODEL.CASNET.NUM_THING_CLASSES", "2", "MODEL.CASNET.THING_SEMANTIC_IDS", "[11, 13]"])
+    lut = model.sem_lut
+    assert lut[11] == 0 and lut[13] == 1 and lut[0] == 2 and lut[12] == 2 and lut[255] == 2
+    with pytest.raises(ValueError, match="one label id"):
+        _model(inst_cfg, ["MODEL.CASNET.NUM_THING_CLASSES", "2", "MODEL.CASNET.THING_SEMANTIC_IDS", "[11]"])
+
+
 def test_external_model_gives_the_labels_and_is_not_part_of_the_model(pan_cfg, tmp_path):
     """Separated mode with a model: another detectron2 model's sem_seg argmax is the semantic map (resized to the
     input); that model is frozen and outside the state dict (CASNet's checkpoints stay its own)."""
@@ -279,13 +360,29 @@ def test_external_model_gives_the_labels_and_is_not_part_of_the_model(pan_cfg, t
     model.eval()
     other.eval()
     inputs = _mapped(pan_cfg, False, n=1)
-    from detectron2.structures import ImageList
-
     with torch.no_grad():
         want = other(inputs)[0]["sem_seg"].argmax(0)
-        images = ImageList.from_tensors([inputs[0]["image"].float()], 32)
-        got = model.given_labels(inputs, images)[0]
+        got = model.given_labels(inputs)[0]
     assert torch.equal(got, want) and len(want.unique()) > 1
+    # the other model reads RGB where CASNet reads BGR: it gets its images with the channels flipped
+    rgb = pan_cfg.clone()
+    rgb.INPUT.FORMAT = "RGB"
+    cfg_file.write_text(rgb.dump())
+    flipped = _model(
+        pan_cfg,
+        [
+            "MODEL.CASNET.SEMANTIC_SOURCE",
+            "external",
+            "MODEL.CASNET.EXTERNAL_SEMANTIC_CONFIG",
+            str(cfg_file),
+            "MODEL.CASNET.EXTERNAL_SEMANTIC_WEIGHTS",
+            str(tmp_path / "sem.pth"),
+        ],
+    )
+    assert flipped.external_flip_channels and not model.external_flip_channels
+    with torch.no_grad():
+        want = other([{**inputs[0], "image": inputs[0]["image"].flip(0)}])[0]["sem_seg"].argmax(0)
+        assert torch.equal(flipped.given_labels(inputs)[0], want)
 
 
 def test_train_net_panoptic_trains_and_reports_pq_miou_and_mask_ap(tmp_path, datasets_dir):

@@ -1,5 +1,6 @@
 """Panoptic quality (Kirillov et al. 2019; the COCO panoptic rules): ``instseg.evaluation.panoptic`` on hand-built
-images, and detectron2's ``COCOPanopticEvaluator`` running on it where ``panopticapi`` is absent."""
+images. detectron2's ``COCOPanopticEvaluator`` runs on it in tests/instseg/data/test_registration.py and
+tests/casnet/test_panoptic.py."""
 
 import json
 
@@ -110,3 +111,35 @@ def test_pq_compute_reads_the_coco_files(tmp_path):
     )
     assert res["All"] == {"pq": 1.0, "sq": 1.0, "rq": 1.0, "n": 2}
     assert res["Things"]["n"] == 1 and res["Stuff"]["n"] == 1
+
+
+def test_iou_of_exactly_half_is_no_match():
+    gt = np.zeros((4, 4), np.int64)
+    pred = np.zeros((4, 4), np.int64)
+    gt[:, :3] = 1  # 12 px
+    gt[:, 3] = 5  # stuff, so that no pixel of the prediction is void
+    pred[:, 1:4] = 2  # 12 px, 8 shared: IoU 8 / 16 = 0.5
+    gt_ann = {"image_id": 0, "segments_info": [_seg(1, 1), _seg(5, 7)]}
+    stats = image_stats(gt, gt_ann, pred, {"image_id": 0, "segments_info": [_seg(2, 1)]}, CATS)
+    assert stats[1] == {"tp": 0, "fp": 1, "fn": 1, "iou": 0.0}
+
+
+def test_unmatched_prediction_ignored_only_on_void_or_its_own_category_crowd():
+    """An unmatched prediction is not a FP when over half of it is void plus crowd of ITS category: on another
+    category's crowd it is a FP; on 3/8 void + 2/8 own crowd (5/8 together, neither alone over half) it is ignored."""
+    gt = np.zeros((4, 8), np.int64)
+    gt[:, :4] = 3  # crowd of category 2
+    gt[:2, 4:] = 4  # crowd of category 1 (8 px); rows 2-3, cols 4-7 void
+    pred = np.zeros((4, 8), np.int64)
+    pred[:, :2] = 11  # category 1 on category 2's crowd: FP
+    pred[0, 4:6] = 12  # category 1: 2 px on its own crowd ...
+    pred[2, 4:7] = 12  # ... + 3 px void ...
+    pred[3, 2:5] = 12  # ... + 2 px on category 2's crowd + 1 px void: 8 px, 2 own crowd + 4 void = 6/8 > 1/2
+    gt_ann = {"image_id": 0, "segments_info": [_seg(3, 2, crowd=1), _seg(4, 1, crowd=1)]}
+    pred_ann = {"image_id": 0, "segments_info": [_seg(11, 1), _seg(12, 1)]}
+    stats = image_stats(gt, gt_ann, pred, pred_ann, CATS)
+    assert stats[1]["fp"] == 1 and stats[2]["fp"] == 0 and stats[1]["fn"] == 0 and stats[2]["fn"] == 0
+    pred[3, 4] = 0  # now 2 own crowd + 3 void of 7: 5/7 still ignored
+    pred[2, 4:7] = 0  # 2 own crowd of 4: exactly half is not over half -> FP
+    stats = image_stats(gt, gt_ann, pred, pred_ann, CATS)
+    assert stats[1]["fp"] == 2

@@ -186,7 +186,7 @@ def test_masks_off_is_retinanet_with_the_same_weights():
         (["MODEL.RDSNET.BOX_REFINEMENT", "mbrm", "MODEL.RDSNET.MBRM_STAGE", "True"], "set MODEL.WEIGHTS"),
         (["MODEL.RDSNET.OHEM_NEG_POS_RATIO", "0.0"], "OHEM_NEG_POS_RATIO must be > 0"),
         (["MODEL.RDSNET.CROP_EXPAND_TEST", "0.8"], "must be >= 1"),
-        (["MODEL.RDSNET.PIXEL_IN_FEATURES", "['p2', 'p3']"], "must be among MODEL.RETINANET.IN_FEATURES"),
+        (["MODEL.RDSNET.PIXEL_IN_FEATURES", "['p3', 'p7']"], "must be among MODEL.RETINANET.IN_FEATURES"),
     ],
 )
 def test_settings_that_cannot_work_stop_at_build_time(opts, message):

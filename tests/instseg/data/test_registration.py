@@ -510,4 +510,33 @@ def test_panoptic_mapper_crowd_void_and_thing_ids(tmp_path):
     test = PanopticDatasetMapper(is_train=False, augmentations=[], image_format="BGR", thing_ids=[1, 3])(d)
     assert "instances" not in test and torch.equal(test["sem_seg"], out["sem_seg"])
     with pytest.raises(ValueError, match="not in the metadata's things"):
-        PanopticDatasetMapper(is_train=True, augmentations=[], image_format="BGR", thing_ids=[3])(d)
+        PanopticDatasetMapper(is_train=True, augmentations=[], image_format="BGR", thing_ids=[3])(
+            {**d, "segments_info": [dict(x, isthing=True) for x in d["segments_info"]]}
+        )
+    # detectron2's Cityscapes panoptic loader gives no "isthing": the metadata's thing ids decide
+    plain = {**d, "segments_info": [{k: v for k, v in x.items() if k != "isthing"} for x in d["segments_info"]]}
+    again = mapper(plain)
+    assert torch.equal(again["sem_seg"], out["sem_seg"])
+    assert again["instances"].gt_classes.tolist() == [1, 0]
+
+
+def test_crop_after_resize_puts_the_crop_between_resize_and_flip():
+    """INPUT.CROP.AFTER_RESIZE (CASNet's Sec. IV: resize the short side, then crop): resize, crop, flip; detectron2's
+    order otherwise (crop the original image first). The Trainer's mapper and PanopticDatasetMapper use it."""
+    from detectron2.data import transforms as T
+
+    from instseg.config import get_cfg
+    from instseg.data.mappers import PanopticDatasetMapper, build_augmentations
+    from instseg.engine.trainer import build_mapper
+
+    cfg = get_cfg()
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE = "absolute", (640, 1280)
+    kinds = lambda augs: [type(a) for a in augs]  # noqa: E731
+    assert kinds(build_augmentations(cfg, True)) == [T.RandomCrop, T.ResizeShortestEdge, T.RandomFlip]
+    cfg.INPUT.CROP.AFTER_RESIZE = True
+    assert kinds(build_augmentations(cfg, True)) == [T.ResizeShortestEdge, T.RandomCrop, T.RandomFlip]
+    assert kinds(build_augmentations(cfg, False)) == [T.ResizeShortestEdge]
+    assert kinds(build_mapper(cfg, True).augmentations.augs) == [T.ResizeShortestEdge, T.RandomCrop, T.RandomFlip]
+    cfg.DATASETS.TRAIN = ("synthetic_panoptic_train",)
+    assert kinds(PanopticDatasetMapper(cfg, True).augmentations.augs)[:2] == [T.ResizeShortestEdge, T.RandomCrop]
