@@ -344,17 +344,9 @@ def test_external_model_gives_the_labels_and_is_not_part_of_the_model(pan_cfg, t
     DetectionCheckpointer(other, save_dir=str(tmp_path)).save("sem")
     cfg_file = tmp_path / "sem.yaml"
     cfg_file.write_text(pan_cfg.dump())
-    model = _model(
-        pan_cfg,
-        [
-            "MODEL.CASNET.SEMANTIC_SOURCE",
-            "external",
-            "MODEL.CASNET.EXTERNAL_SEMANTIC_CONFIG",
-            str(cfg_file),
-            "MODEL.CASNET.EXTERNAL_SEMANTIC_WEIGHTS",
-            str(tmp_path / "sem.pth"),
-        ],
-    )
+    external = ["MODEL.CASNET.SEMANTIC_SOURCE", "external", "MODEL.CASNET.EXTERNAL_SEMANTIC_CONFIG", str(cfg_file)]
+    external += ["MODEL.CASNET.EXTERNAL_SEMANTIC_WEIGHTS", str(tmp_path / "sem.pth")]
+    model = _model(pan_cfg, external)
     assert not any(k.startswith("external") for k in model.state_dict())
     assert not any(p.requires_grad for p in model.external_model.parameters())
     model.eval()
@@ -368,17 +360,7 @@ def test_external_model_gives_the_labels_and_is_not_part_of_the_model(pan_cfg, t
     rgb = pan_cfg.clone()
     rgb.INPUT.FORMAT = "RGB"
     cfg_file.write_text(rgb.dump())
-    flipped = _model(
-        pan_cfg,
-        [
-            "MODEL.CASNET.SEMANTIC_SOURCE",
-            "external",
-            "MODEL.CASNET.EXTERNAL_SEMANTIC_CONFIG",
-            str(cfg_file),
-            "MODEL.CASNET.EXTERNAL_SEMANTIC_WEIGHTS",
-            str(tmp_path / "sem.pth"),
-        ],
-    )
+    flipped = _model(pan_cfg, external)
     assert flipped.external_flip_channels and not model.external_flip_channels
     with torch.no_grad():
         want = other([{**inputs[0], "image": inputs[0]["image"].flip(0)}])[0]["sem_seg"].argmax(0)
