@@ -50,7 +50,10 @@ def _with_targets(batch, cfg):
     # sem_seg, as PanopticDatasetMapper gives it: the things' classes over one stuff class (the synthetic panoptic
     # ids: 5); Panoptic FPN's separated ids: every thing 0, the stuff 1
     panoptic_fpn = cfg.MODEL.META_ARCHITECTURE == "PanopticFPN"
-    if panoptic_fpn or (cfg.MODEL.META_ARCHITECTURE == "CASNet" and cfg.MODEL.CASNET.PANOPTIC):
+    semantic = cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor" or (
+        cfg.MODEL.META_ARCHITECTURE == "CASNet" and cfg.MODEL.CASNET.PANOPTIC
+    )
+    if panoptic_fpn or semantic:
         for d in batch:
             sem = torch.full(d["image"].shape[1:], 1 if panoptic_fpn else 5, dtype=torch.int64)
             for m, c in zip(d["instances"].gt_masks.tensor, d["instances"].gt_classes):
@@ -73,6 +76,13 @@ def test_shipped_config_builds_trains_a_step_and_predicts(name, cls_agnostic):
     calibrate_frozen_bn(model, images)
     with torch.no_grad():
         out = model(images)
+    if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor":  # CASNet's external semantic model: sem_seg only
+        assert out[0]["sem_seg"].shape == (cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, 96, 96)
+        model.train()
+        with EventStorage(0):
+            losses = model(_with_targets(synthetic_batch(2, empty=(1,)), cfg))
+        assert set(losses) == {"loss_sem_seg"} and torch.isfinite(losses["loss_sem_seg"])
+        return
     fields = set(out[0]["instances"].get_fields())
     assert {"pred_boxes", "scores", "pred_classes"} <= fields
     assert ("pred_masks" in fields) == cfg.MODEL.MASK_ON
