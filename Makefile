@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 DETECTRON2_URL ?= git+https://github.com/facebookresearch/detectron2.git
 EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' 2>/dev/null)
 
-.PHONY: train test lint format venv detectron2 require-detectron2 clean
+.PHONY: train test lint format venv detectron2 require-detectron2 clean leaderboard
 
 $(VENV)/.deps: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ require-detectron2:
 
 train: venv require-detectron2
 	$(PY) train_net.py --config-file $(CONFIG) --num-gpus $(TRAIN_PROCS) OUTPUT_DIR $(OUTPUT_DIR) $(TRAIN_ARGS)
+
+# every method on the synthetic data, trained (or reused) and compared: output/leaderboard/ (tools/leaderboard.py)
+LEADERBOARD_ARGS ?=
+leaderboard: venv require-detectron2
+	$(PY) tools/leaderboard.py --num-gpus $(TRAIN_PROCS) $(LEADERBOARD_ARGS)
 
 test: venv
 	@$(MAKE) --no-print-directory detectron2 || \

@@ -222,3 +222,42 @@ def test_calibrate_casnet_makes_the_asked_number_of_seeds():
         model(inputs)
     handle.remove()
     assert int((torch.sigmoid(seen["x"]) > model.post["seed_threshold"]).sum()) == 63
+
+
+def test_leaderboard_end_to_end_on_two_entries_and_reuse(tmp_path, datasets_dir, capsys):
+    """tools/leaderboard.py on Mask R-CNN and CASNet (panoptic) with a 2-iteration budget: trains both, evaluates
+    (box / mask AP, huddled AP, PQ for CASNet), times them, writes the four files; the second call reuses both
+    checkpoints (same config and commit); an entry that cannot train is reported failed, the others still are."""
+    pytest.importorskip("timm", reason="timm is in requirements.txt (make venv installs it)")
+    from tests.utils import TINY
+    from tools import leaderboard
+
+    out = tmp_path / "lb"
+    argv = ["--entries", "mask_rcnn,casnet", "--output", str(out), "--num-gpus", "1", "--sizes", "64x64"]
+    argv += ["--repeats", "1", *TINY, "SOLVER.MAX_ITER", "2", "TEST.PRECISE_BN.ENABLED", "False"]
+    rows = leaderboard.main(argv)
+    log = capsys.readouterr().out
+    assert "mask_rcnn: training" in log and "casnet: training" in log and "iteration" in log
+    by = {r["name"]: r for r in rows}
+    assert not any(r.get("error") for r in rows), rows
+    for r in rows:  # 2 iterations: the numbers are there, their values mean nothing
+        assert {"box_AP", "mask_AP", "AP50", "huddled_mask_AP", "mask_AP_bar", "mask_AP_ring"} <= set(r)
+        assert r["params_M"] > 0 and r["time_64x64"] > 0 and r["iterations"] == 2
+    assert by["mask_rcnn"]["time_64x64"] == 1.0 and "PQ" in by["casnet"] and "PQ" not in by["mask_rcnn"]
+    saved = json.loads((out / "leaderboard.json").read_text())
+    assert [r["name"] for r in saved["rows"]] == ["mask_rcnn", "casnet"]
+    md = (out / "leaderboard.md").read_text()
+    assert md.count("\n| mask_rcnn |") == 1 and "| casnet |" in md and "huddled mask AP" in md
+    import cv2
+
+    png = cv2.imread(str(out / "gallery.png"))
+    assert png.shape[0] == 4 * 96 and png.shape[1] == 3 * 96  # 4 images x (ground truth + 2 methods)
+    assert cv2.imread(str(out / "leaderboard.png")) is not None
+    # second call: both reused, nothing trained
+    rows = leaderboard.main(argv)
+    log = capsys.readouterr().out
+    assert "training" not in log and log.count("reusing") == 2
+    # a failing entry (its training cannot start) is reported; the other one still is
+    rows = leaderboard.main(argv[:1] + ["mask_rcnn,rdsnet"] + argv[2:] + ["MODEL.RDSNET.MASK_ASSEMBLY", "dot"])
+    by = {r["name"]: r for r in rows}
+    assert "error" in by["rdsnet"] and by["mask_rcnn"].get("box_AP") is not None
