@@ -225,10 +225,16 @@ def test_calibrate_casnet_makes_the_asked_number_of_seeds():
 
 
 def test_leaderboard_end_to_end_on_two_entries_and_reuse(tmp_path, datasets_dir, capsys):
-    """tools/leaderboard.py on Mask R-CNN and CASNet (panoptic) with a 2-iteration budget: trains both, evaluates
-    (box / mask AP, huddled AP, PQ for CASNet), times them, writes the four files; the second call reuses both
-    checkpoints (same config and commit); an entry that cannot train is reported failed, the others still are."""
+    """tools/leaderboard.py on Mask R-CNN and CASNet (panoptic) with a 2-iteration budget: trains both (progress lines
+    from detectron2's log), evaluates (box / mask AP, huddled AP, PQ for CASNet), times them against Mask R-CNN,
+    writes the four files (strict JSON); the second call reuses both checkpoints; a changed override retrains; an
+    entry that cannot train is reported failed, with its log's last line, and the other one still is."""
     pytest.importorskip("timm", reason="timm is in requirements.txt (make venv installs it)")
+    import math
+    import re
+
+    import cv2
+
     from tests.utils import TINY
     from tools import leaderboard
 
@@ -237,27 +243,54 @@ def test_leaderboard_end_to_end_on_two_entries_and_reuse(tmp_path, datasets_dir,
     argv += ["--repeats", "1", *TINY, "SOLVER.MAX_ITER", "2", "TEST.PRECISE_BN.ENABLED", "False"]
     rows = leaderboard.main(argv)
     log = capsys.readouterr().out
-    assert "mask_rcnn: training" in log and "casnet: training" in log and "iteration" in log
+    assert re.search(r"mask_rcnn: training, iteration \d+", log) and re.search(r"casnet: training, iteration \d+", log)
     by = {r["name"]: r for r in rows}
     assert not any(r.get("error") for r in rows), rows
-    for r in rows:  # 2 iterations: the numbers are there, their values mean nothing
-        assert {"box_AP", "mask_AP", "AP50", "huddled_mask_AP", "mask_AP_bar", "mask_AP_ring"} <= set(r)
-        assert r["params_M"] > 0 and r["time_64x64"] > 0 and r["iterations"] == 2
-    assert by["mask_rcnn"]["time_64x64"] == 1.0 and "PQ" in by["casnet"] and "PQ" not in by["mask_rcnn"]
-    saved = json.loads((out / "leaderboard.json").read_text())
-    assert [r["name"] for r in saved["rows"]] == ["mask_rcnn", "casnet"]
-    md = (out / "leaderboard.md").read_text()
-    assert md.count("\n| mask_rcnn |") == 1 and "| casnet |" in md and "huddled mask AP" in md
-    import cv2
+    for r in rows:  # 2 iterations: the numbers are there (None where detectron2 says NaN), their values mean nothing
+        for key in ("box_AP", "mask_AP", "AP50", "huddled_mask_AP", "mask_AP_bar", "mask_AP_ring"):
+            assert key in r and (r[key] is None or math.isfinite(r[key])), (r["name"], key)
+        assert r["params_M"] > 0 and r["iterations"] == 2 and r["huddled_images"] > 0
+    assert by["mask_rcnn"]["time_64x64"] == 1.0 and math.isfinite(by["casnet"]["time_64x64"])
+    assert math.isfinite(by["casnet"]["PQ"]) and "PQ" not in by["mask_rcnn"]
 
+    def strict(text):
+        raise ValueError(f"not strict JSON: {text}")
+
+    saved = json.loads((out / "leaderboard.json").read_text(), parse_constant=strict)
+    assert [r["name"] for r in saved["rows"]] == ["mask_rcnn", "casnet"] and saved["meta"]["reference"] == "mask_rcnn"
+    md = (out / "leaderboard.md").read_text()
+    assert md.count("\n| mask_rcnn |") == 1 and "| casnet |" in md and "ratios to mask_rcnn" in md
     png = cv2.imread(str(out / "gallery.png"))
-    assert png.shape[0] == 4 * 96 and png.shape[1] == 3 * 96  # 4 images x (ground truth + 2 methods)
+    tile = 96 + leaderboard.LABEL_HEIGHT
+    assert png.shape[:2] == (4 * tile, 3 * 96)  # 4 images x (ground truth + 2 methods)
     assert cv2.imread(str(out / "leaderboard.png")) is not None
-    # second call: both reused, nothing trained
-    rows = leaderboard.main(argv)
+    # second call: both reused, nothing trained, the checkpoints untouched
+    mtimes = {n: (out / n / "model_final.pth").stat().st_mtime for n in ("mask_rcnn", "casnet")}
+    leaderboard.main(argv)
     log = capsys.readouterr().out
     assert "training" not in log and log.count("reusing") == 2
-    # a failing entry (its training cannot start) is reported; the other one still is
+    assert mtimes == {n: (out / n / "model_final.pth").stat().st_mtime for n in ("mask_rcnn", "casnet")}
+    # an override changes every entry's config (retrained); rdsnet cannot build with it: reported, mask_rcnn still is
     rows = leaderboard.main(argv[:1] + ["mask_rcnn,rdsnet"] + argv[2:] + ["MODEL.RDSNET.MASK_ASSEMBLY", "dot"])
+    log = capsys.readouterr().out
     by = {r["name"]: r for r in rows}
-    assert "error" in by["rdsnet"] and by["mask_rcnn"].get("box_AP") is not None
+    assert "mask_rcnn: training" in log and "box_AP" in by["mask_rcnn"] and "time_64x64" in by["mask_rcnn"]
+    assert "MASK_ASSEMBLY must be one of" in by["rdsnet"]["error"] and "leaderboard_train.log" in by["rdsnet"]["error"]
+    assert "| rdsnet | failed: RuntimeError: training exited with 1" in (out / "leaderboard.md").read_text()
+
+
+def test_leaderboard_gallery_picks_huddled_ring_and_bar_images():
+    """The gallery's images: the one with the most huddled instances (box IoU > 0.3 with another), then the one with
+    the most rings, the most bars, then by instance count; no image twice."""
+    from tools import leaderboard
+
+    def anno(cls, box):
+        return {"category_id": cls, "bbox": box, "bbox_mode": 0}
+
+    a = {"image_id": 1, "annotations": [anno(0, [0, 0, 10, 10]), anno(0, [20, 20, 30, 30])]}
+    huddle = {"image_id": 2, "annotations": [anno(0, [0, 0, 10, 10]), anno(1, [1, 1, 11, 11])]}
+    rings = {"image_id": 3, "annotations": [anno(3, [0, 0, 5, 5]), anno(3, [10, 10, 15, 15])]}
+    bars = {"image_id": 4, "annotations": [anno(2, [0, 0, 5, 5])]}
+    many = {"image_id": 5, "annotations": [anno(4, [i * 10, 0, i * 10 + 5, 5]) for i in range(5)]}
+    chosen = leaderboard.gallery_images([a, bars, many, rings, huddle], k=4)
+    assert [d["image_id"] for d in chosen] == [2, 3, 4, 5]

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -66,7 +67,9 @@ def parse_args(argv=None):
     p.add_argument("--num-gpus", type=int, default=2, help="training processes per entry (CPU: 2, as make train)")
     p.add_argument("--sizes", default="256x256,800x1333", help="inference sizes timed, HxW, comma-separated")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per model and size")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every entry (e.g. a short budget)")
+    p.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every entry (e.g. a short budget); last"
+    )
     args = p.parse_args(argv)
     known = {e[0] for e in ENTRIES}
     args.entries = [e for e in args.entries.split(",") if e]
@@ -90,21 +93,33 @@ def entry_cfg(config, opts):
     return cfg
 
 
-def commit():
+def _git(*args):
     try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
+        return subprocess.check_output(["git", *args], cwd=ROOT, text=True, stderr=subprocess.DEVNULL)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
+def commit():
+    return _git("rev-parse", "HEAD").strip()
+
+
 def stamp_of(cfg, config):
-    return {"config": config, "config_sha": hashlib.sha1(cfg.dump().encode()).hexdigest(), "commit": commit()}
+    """What a checkpoint was trained from: the config after overrides, the commit, and uncommitted changes."""
+    sha = lambda text: hashlib.sha1(text.encode()).hexdigest()  # noqa: E731
+    return {
+        "config": config,
+        "config_sha": sha(cfg.dump()),
+        "commit": commit(),
+        "uncommitted_sha": sha(_git("diff", "HEAD")),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # training
 # --------------------------------------------------------------------------------------------------------------------
-ITER_RE = re.compile(r"eta: (\S+)\s+iter: (\d+)")
+# detectron2's metrics line; its first iterations are untimed and carry no "eta:" yet
+ITER_RE = re.compile(r"(?:eta: (.+?)\s+)?iter: (\d+)")
 
 
 def train(name, config, out, opts, num_gpus):
@@ -113,6 +128,8 @@ def train(name, config, out, opts, num_gpus):
     cmd += ["--num-gpus", str(num_gpus), "--dist-url", "auto", "OUTPUT_DIR", out, *opts]
     cmd += ["DATASETS.TEST", "()"]  # evaluated afterwards, alike for every entry
     os.makedirs(out, exist_ok=True)
+    if os.path.isfile(os.path.join(out, "log.txt")):  # detectron2 appends: keep the old run's log apart
+        os.replace(os.path.join(out, "log.txt"), os.path.join(out, "log.previous.txt"))
     with open(os.path.join(out, "leaderboard_train.log"), "w") as sink:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
         seen = None
@@ -131,7 +148,7 @@ def _report_progress(name, out, seen):
         hits = ITER_RE.findall(f.read())
     if hits and hits[-1] != seen:
         eta, it = hits[-1]
-        log(f"{name}: training, iteration {int(it) + 1}, eta {eta}")
+        log(f"{name}: training, iteration {int(it) + 1}" + (f", eta {eta}" if eta else ""))
         return hits[-1]
     return seen
 
@@ -169,6 +186,8 @@ def evaluate(name, cfg, kind, weights, out):
     res = {}
     tasks = ("bbox",) if kind == "box" else ("bbox", "segm")
     folder = os.path.join(out, "leaderboard_eval")
+    for old in (folder, folder + "_panoptic"):  # detectron2 caches the ground truth's json there: never reuse it
+        shutil.rmtree(old, ignore_errors=True)
     evaluator = COCOEvaluator(INSTANCES_VAL, tasks=tasks, distributed=False, output_dir=folder)
     loader = Trainer.build_test_loader(cfg, INSTANCES_VAL)
     coco = inference_on_dataset(model, loader, evaluator)
@@ -185,34 +204,51 @@ def evaluate(name, cfg, kind, weights, out):
         res["huddled_images"] = len(ids)
     if kind == "panoptic":
         pan_name = next(n for n in cfg.DATASETS.TEST if "panoptic" in n)
-        evaluator = Trainer.build_evaluator(cfg, pan_name, os.path.join(out, "leaderboard_eval_panoptic"))
+        evaluator = Trainer.build_evaluator(cfg, pan_name, folder + "_panoptic")
         pan = inference_on_dataset(model, Trainer.build_test_loader(cfg, pan_name), evaluator)
         res.update({k: pan["panoptic_seg"][k] for k in ("PQ", "PQ_th", "PQ_st")})
     return res
 
 
-def timings(rows, sizes, repeats):
-    """Inference time of the trained models at each size, in turns in one run, as ratios to the baseline."""
+def _bench(specs, size, repeats):
     from tools import benchmark_inference
 
-    models = [
-        ["--model", r["name"], os.path.join(ROOT, r["config"]), *r["opts"], "MODEL.WEIGHTS", r["weights"]]
+    argv = [x for m in specs for x in ["--model", *m]]
+    argv += ["--size", str(size[0]), str(size[1]), "--repeats", str(repeats), "--threads", "1", "--json"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        return benchmark_inference.main(argv)["models"]
+
+
+def timings(rows, sizes, repeats):
+    """Inference time of the trained models at each size, in turns in one run, as ratios to the reference (Mask
+    R-CNN when it trained, else the first model: returned). A model that fails to run is timed alone against the
+    reference instead, or left out, so that the others keep their columns."""
+    specs = [
+        [r["name"], os.path.join(ROOT, r["config"]), *r["opts"], "MODEL.WEIGHTS", r["weights"]]
         for r in rows
         if r.get("weights")
     ]
-    if not models:
-        return
-    for h, w in sizes:
-        argv = [x for m in models for x in m]
-        argv += ["--size", str(h), str(w), "--repeats", str(repeats), "--threads", "1", "--json"]
-        with contextlib.redirect_stdout(io.StringIO()):
-            result = benchmark_inference.main(argv)
-        ms = result["models"]
-        base = ms.get(BASELINE, ms[models[0][1]])
+    if not specs:
+        return None
+    specs.sort(key=lambda m: m[0] != BASELINE)  # the reference first
+    ref = specs[0][0]
+    for size in sizes:
+        key = f"time_{size[0]}x{size[1]}"
+        try:
+            ms = _bench(specs, size, repeats)
+        except Exception as e:
+            log(f"timing {size} together FAILED ({type(e).__name__}: {e}); each model against {ref} instead")
+            ms = {}
+            for m in specs[1:]:
+                try:
+                    ms.update(_bench([specs[0], m], size, repeats))
+                except Exception as e:
+                    log(f"{m[0]}: timing FAILED: {type(e).__name__}: {e}")
         for r in rows:
             if r["name"] in ms:
-                r[f"time_{h}x{w}"] = ms[r["name"]]["seconds"] / base["seconds"]
+                r[key] = ms[r["name"]]["ratio_to_" + ref]
                 r["params_M"] = ms[r["name"]]["params_run"] / 1e6
+    return ref
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -239,11 +275,15 @@ def _fmt(v, digits=1):
 def markdown(rows, sizes, meta):
     head = ["method"] + [c[1] for c in COLUMNS] + [f"time {h}×{w}" for h, w in sizes]
     head += ["params (M)", "train (min)", "iterations"]
-    lines = [f"Commit {meta['commit'][:10]}, {meta['machine']}; times are ratios to {BASELINE} (one thread).", ""]
+    lines = [
+        f"Commit {meta['commit'][:10]}, {meta['machine']}; times are ratios to {meta['reference']} (one thread).",
+        "",
+    ]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if r.get("error"):
-            lines.append(f"| {r['name']} | failed: {r['error']} |" + " |" * (len(head) - 2))
+            why = re.sub(r"[|\n]+", " ", r["error"])
+            lines.append(f"| {r['name']} | failed: {why} |" + " |" * (len(head) - 2))
             continue
         cells = [r["name"]] + [_fmt(r.get(k)) for k, _ in COLUMNS]
         cells += [_fmt(r.get(f"time_{h}x{w}"), 2) + ("×" if r.get(f"time_{h}x{w}") else "") for h, w in sizes]
@@ -253,7 +293,7 @@ def markdown(rows, sizes, meta):
     return "\n".join(lines) + "\n"
 
 
-def scatter(rows, sizes, path):
+def scatter(rows, sizes, path, reference):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -266,7 +306,7 @@ def scatter(rows, sizes, path):
     for r in pts:
         ax.scatter(r[key], r["mask_AP"], s=30)
         ax.annotate(r["name"], (r[key], r["mask_AP"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel(f"inference time at {h}×{w}, ratio to {BASELINE}")
+    ax.set_xlabel(f"inference time at {h}×{w}, ratio to {reference}")
     ax.set_ylabel("mask AP (synthetic_instances_val)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -277,6 +317,8 @@ def scatter(rows, sizes, path):
 def gallery_images(dicts, k=GALLERY_IMAGES):
     """``k`` validation images: the most huddled, then one with the most rings, one with the most bars, then by
     instance count."""
+    from detectron2.structures import BoxMode
+
     from instseg.data.synthetic import THING_CLASSES
     from instseg.evaluation.huddled import _max_other_iou
 
@@ -284,8 +326,8 @@ def gallery_images(dicts, k=GALLERY_IMAGES):
         return sum(a["category_id"] == cls for a in d.get("annotations", []))
 
     def huddled(d):
-        boxes = [a["bbox"] for a in d.get("annotations", [])]  # XYXY_ABS here: converted below
-        xywh = [[b[0], b[1], b[2] - b[0], b[3] - b[1]] for b in boxes]
+        annos = [a for a in d.get("annotations", []) if not a.get("iscrowd", 0)]
+        xywh = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYWH_ABS) for a in annos]
         return float((_max_other_iou(xywh) > HUDDLED_T_O).sum()) if xywh else 0.0
 
     ring, bar = THING_CLASSES.index("ring"), THING_CLASSES.index("bar")
@@ -302,6 +344,8 @@ def gallery_images(dicts, k=GALLERY_IMAGES):
 
 
 def gallery(rows, cfgs, path):
+    """Ground truth and each trained method on the chosen images (scores >= 0.5), a labelled column each; a method
+    that fails to run gets a blank tile saying so."""
     import cv2
     import numpy as np
     import torch
@@ -312,37 +356,59 @@ def gallery(rows, cfgs, path):
 
     meta = MetadataCatalog.get(INSTANCES_VAL)
     images = gallery_images(DatasetCatalog.get(INSTANCES_VAL))
-    done = [r for r in rows if r.get("weights")]
-    grid = []
+    columns = {"ground truth": []}
     for d in images:
-        bgr = cv2.imread(d["file_name"])
-        rgb = bgr[:, :, ::-1]
+        rgb = cv2.imread(d["file_name"])[:, :, ::-1]
         boxes_and_masks = {k: v for k, v in d.items() if k not in SEGMENTATION_KEYS}  # no stuff: an instance split
-        row = [Visualizer(rgb, meta, scale=1.0).draw_dataset_dict(boxes_and_masks).get_image()]
-        for r in done:
-            model = build_trained(cfgs[r["name"]], r["weights"])
-            image = torch.as_tensor(np.ascontiguousarray(bgr.transpose(2, 0, 1)))
-            if cfgs[r["name"]].INPUT.FORMAT == "RGB":
-                image = image.flip(0)
-            with torch.no_grad():
-                inst = model([{"image": image, "height": bgr.shape[0], "width": bgr.shape[1]}])[0]["instances"]
-            inst = inst.to("cpu")
-            inst = inst[inst.scores >= 0.5]
-            row.append(Visualizer(rgb, meta, scale=1.0).draw_instance_predictions(inst).get_image())
-        grid.append(
-            np.concatenate([_label(c, n) for c, n in zip(row, ["ground truth"] + [r["name"] for r in done])], 1)
-        )
-    cv2.imwrite(path, np.concatenate(grid, 0)[:, :, ::-1])
+        columns["ground truth"].append(Visualizer(rgb, meta).draw_dataset_dict(boxes_and_masks).get_image())
+    for r in rows:
+        if not r.get("weights"):
+            continue
+        tiles = []
+        try:
+            cfg = cfgs[r["name"]]
+            model = build_trained(cfg, r["weights"])
+            for d in images:
+                bgr = cv2.imread(d["file_name"])
+                image = torch.as_tensor(np.ascontiguousarray(bgr.transpose(2, 0, 1)))
+                if cfg.INPUT.FORMAT == "RGB":
+                    image = image.flip(0)
+                with torch.no_grad():
+                    out = model([{"image": image, "height": bgr.shape[0], "width": bgr.shape[1]}])[0]
+                inst = out["instances"].to("cpu")
+                inst = inst[inst.scores >= 0.5]
+                tiles.append(Visualizer(bgr[:, :, ::-1], meta).draw_instance_predictions(inst).get_image())
+        except Exception as e:
+            log(f"{r['name']}: gallery FAILED: {type(e).__name__}: {e}")
+            tiles = [np.full_like(columns["ground truth"][0], 255) for _ in images]
+            r["gallery_error"] = f"{type(e).__name__}: {e}"
+        columns[r["name"]] = tiles
+    grid = [np.concatenate([_label(columns[n][k], n) for n in columns], axis=1) for k in range(len(images))]
+    cv2.imwrite(path, np.concatenate(grid, axis=0)[:, :, ::-1])
+
+
+LABEL_HEIGHT = 16
 
 
 def _label(image, text):
+    """The tile under a white strip with its column's name (nothing of the image hidden)."""
     import cv2
     import numpy as np
 
-    out = np.ascontiguousarray(image.copy())
-    cv2.rectangle(out, (0, 0), (out.shape[1], 16), (255, 255, 255), -1)
-    cv2.putText(out, text, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    return out
+    strip = np.full((LABEL_HEIGHT, image.shape[1], 3), 255, dtype=np.uint8)
+    cv2.putText(strip, text, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([strip, image.astype(np.uint8)], axis=0)
+
+
+def _finite(value):
+    """NaN (detectron2's "no such instance") as None, so that leaderboard.json is strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -375,10 +441,16 @@ def main(argv=None):
             if os.path.isfile(weights) and old == stamp and not args.retrain:
                 log(f"{name}: reusing {weights} (same config and commit)")
             else:
+                for stale in (stamp_path, weights):  # no old stamp may end up next to new weights
+                    if os.path.isfile(stale):
+                        os.remove(stale)
                 log(f"{name}: training {config} ({cfg.SOLVER.MAX_ITER} iterations)")
                 rc = train(name, config, out, args.opts, args.num_gpus)
                 if rc != 0 or not os.path.isfile(weights):
-                    raise RuntimeError(f"training exited with {rc}; see {os.path.join(out, 'leaderboard_train.log')}")
+                    raise RuntimeError(
+                        f"training exited with {rc}: {_last_line(os.path.join(out, 'leaderboard_train.log'))} "
+                        f"(whole log: {os.path.join(out, 'leaderboard_train.log')})"
+                    )
                 with open(stamp_path, "w") as f:
                     json.dump(stamp, f)
             row["weights"] = weights
@@ -390,18 +462,12 @@ def main(argv=None):
             row["error"] = f"{type(e).__name__}: {e}"
             row.pop("weights", None)
             log(f"{name}: FAILED: {row['error']}")
-    try:
-        log("timing the trained models")
-        timings(rows, args.sizes, args.repeats)
-    except Exception as e:
-        log(f"timing FAILED: {type(e).__name__}: {e}")
+    log("timing the trained models")
+    reference = timings(rows, args.sizes, args.repeats)
     meta = {"commit": commit(), "machine": platform.processor() or platform.machine(), "sizes": args.sizes}
-    with open(os.path.join(args.output, "leaderboard.json"), "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    with open(os.path.join(args.output, "leaderboard.md"), "w") as f:
-        f.write(markdown(rows, args.sizes, meta))
+    meta["reference"] = reference
     drawings = {
-        "leaderboard.png": lambda p: scatter(rows, args.sizes, p),
+        "leaderboard.png": lambda p: scatter(rows, args.sizes, p, reference),
         "gallery.png": lambda p: gallery(rows, cfgs, p),
     }
     for what, draw in drawings.items():
@@ -409,9 +475,23 @@ def main(argv=None):
             draw(os.path.join(args.output, what))
         except Exception as e:
             log(f"{what} FAILED: {type(e).__name__}: {e}")
+    rows = _finite(rows)
+    with open(os.path.join(args.output, "leaderboard.json"), "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1, allow_nan=False)
+    with open(os.path.join(args.output, "leaderboard.md"), "w") as f:
+        f.write(markdown(rows, args.sizes, meta))
     log(f"wrote {args.output}/leaderboard.{{json,md,png}} and gallery.png")
     return rows
 
 
+def _last_line(path):
+    try:
+        with open(path) as f:
+            lines = [line.strip() for line in f if line.strip()]
+        return lines[-1] if lines else ""
+    except OSError:
+        return ""
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if any(r.get("error") for r in main()) else 0)
