@@ -403,3 +403,21 @@ def test_panoptic_fpn_baseline_trains_on_the_separated_ids_and_reports_pq(tmp_pa
     )
     assert "PQ" in res["synthetic_panoptic_separated_val"]["panoptic_seg"]
     assert {"segm", "bbox"} <= set(res["synthetic_instances_val"])
+
+
+def test_default_predictor_and_visualizer_take_the_panoptic_output(pan_cfg):
+    """DefaultPredictor on the panoptic config, and detectron2's Visualizer drawing its panoptic_seg with the
+    dataset's metadata, unchanged (Sec. III-C's output in detectron2's format)."""
+    from detectron2.engine import DefaultPredictor
+    from detectron2.utils.visualizer import Visualizer
+
+    cfg = pan_cfg.clone()
+    cfg.merge_from_list(["MODEL.CASNET.SEED_THRESHOLD", "0.0", "MODEL.CASNET.STUFF_AREA", "1"])
+    image = cv2.imread(DatasetCatalog.get("synthetic_panoptic_val")[0]["file_name"])
+    out = DefaultPredictor(cfg)(image)
+    pan, info = out["panoptic_seg"]
+    assert pan.shape == image.shape[:2] and info, "an untrained model still gives stuff segments at STUFF_AREA 1"
+    assert {s["id"] for s in info} == set(pan.unique().tolist()) - {0}
+    meta = MetadataCatalog.get("synthetic_panoptic_val")
+    drawn = Visualizer(image[:, :, ::-1], meta).draw_panoptic_seg(pan, info).get_image()
+    assert drawn.shape == image.shape and drawn.dtype == np.uint8
