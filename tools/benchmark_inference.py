@@ -272,19 +272,18 @@ def calibrate_casnet(model, inputs, detections):
         model(inputs)
     for h in handles:
         h.remove()
-    logits = {}
-    handle = model.prob_head.register_forward_hook(lambda mod, args, out: logits.setdefault("x", out))
+    seen = {}  # the two heads' outputs, from one forward
+    handles = [
+        head.register_forward_hook(lambda mod, args, out, key=key: seen.setdefault(key, out))
+        for key, head in (("prob", model.prob_head), ("attr", model.attr_head))
+    ]
     with torch.no_grad():
         model(inputs)
-    handle.remove()
-    attrs = {}
-    handle = model.attr_head.register_forward_hook(lambda mod, args, out: attrs.setdefault("x", out))
-    with torch.no_grad():
-        model(inputs)
-    handle.remove()
+    for h in handles:
+        h.remove()
     with torch.no_grad():  # the attributes' median at ATTRIBUTE_HALF_SIZE output pixels: boxes of objects' size
-        model.attr_head[-1].bias.add_(ATTRIBUTE_HALF_SIZE - attrs["x"].median())
-    flat = logits["x"].flatten()
+        model.attr_head[-1].bias.add_(ATTRIBUTE_HALF_SIZE - seen["attr"].median())
+    flat = seen["prob"].flatten()
     k = min(9 * detections, flat.numel())
     threshold = flat.topk(k).values[-1]
     with torch.no_grad():  # seeds: sigmoid > SEED_THRESHOLD, i.e. logit > its logit

@@ -86,10 +86,10 @@ def log(msg):
 
 def entry_cfg(config, opts):
     from instseg.config import get_cfg
+    from instseg.engine.setup import merge_config
 
     cfg = get_cfg()
-    cfg.merge_from_file(os.path.join(ROOT, config))
-    cfg.merge_from_list(list(opts))
+    merge_config(cfg, os.path.join(ROOT, config), list(opts))
     return cfg
 
 
@@ -348,8 +348,8 @@ def gallery(rows, cfgs, path):
     that fails to run gets a blank tile saying so."""
     import cv2
     import numpy as np
-    import torch
     from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.engine import DefaultPredictor
     from detectron2.utils.visualizer import Visualizer
 
     from tools.demo import SEGMENTATION_KEYS
@@ -366,16 +366,12 @@ def gallery(rows, cfgs, path):
             continue
         tiles = []
         try:
-            cfg = cfgs[r["name"]]
-            model = build_trained(cfg, r["weights"])
+            cfg = cfgs[r["name"]].clone()
+            cfg.MODEL.WEIGHTS = r["weights"]
+            predictor = DefaultPredictor(cfg)  # the config's input format and test-time resize
             for d in images:
                 bgr = cv2.imread(d["file_name"])
-                image = torch.as_tensor(np.ascontiguousarray(bgr.transpose(2, 0, 1)))
-                if cfg.INPUT.FORMAT == "RGB":
-                    image = image.flip(0)
-                with torch.no_grad():
-                    out = model([{"image": image, "height": bgr.shape[0], "width": bgr.shape[1]}])[0]
-                inst = out["instances"].to("cpu")
+                inst = predictor(bgr)["instances"].to("cpu")
                 inst = inst[inst.scores >= 0.5]
                 tiles.append(Visualizer(bgr[:, :, ::-1], meta).draw_instance_predictions(inst).get_image())
         except Exception as e:
