@@ -53,6 +53,18 @@ def test_eq1_mask_logits_are_the_correlation_of_the_heads_rows_cropped_by_the_bo
                 assert z[k, i, j].item() == pytest.approx(want, rel=1e-5, abs=1e-5), (k, i, j)
 
 
+def test_the_mask_loss_starts_at_ln2_as_the_authors_init():
+    """The authors' code starts the pixel representations Psi(U) near 0 (normal, std 0.01): at initialisation every
+    z of Eq. 1 inside the crops is ~0 and the mask loss is ln 2 (softmax over two equal logits). With Psi(U) at unit
+    scale (a plain Kaiming init) z starts random, the loss well above ln 2, and training first has to undo it."""
+    import math
+
+    model = _model(SYN)
+    with EventStorage(0):
+        losses = model(synthetic_batch(2, empty=()))
+    assert losses["loss_mask"].item() == pytest.approx(math.log(2), abs=0.02)
+
+
 def test_table3_lc_assembly_is_a_linear_combination_of_prototypes_with_tanh_coefficients():
     """Table 3 row 1 (YOLACT's LC): d foreground-only coefficients through tanh, prototypes through ReLU,
     z = <tanh(c), ReLU(Psi)>."""
