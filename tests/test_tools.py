@@ -279,6 +279,41 @@ def test_leaderboard_end_to_end_on_two_entries_and_reuse(tmp_path, datasets_dir,
     assert "| rdsnet | failed: RuntimeError: training exited with 1" in (out / "leaderboard.md").read_text()
 
 
+def test_leaderboard_stamp_follows_the_code_not_the_commit(tmp_path, monkeypatch):
+    """A checkpoint's stamp changes when the code it ran changes (committed or not), and not when a commit touches
+    only tests, tools or the README, so that trained entries carry over such commits."""
+    import subprocess
+
+    from tools import leaderboard
+
+    repo = tmp_path / "repo"
+    for path in ("instseg/a.py", "rdsnet/b.py", "tests/t.py", "README.md"):
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text("x = 1\n")
+
+    def git(*args):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True, capture_output=True
+        )
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "one")
+    monkeypatch.setattr(leaderboard, "ROOT", str(repo))
+    first = leaderboard.code_sha()
+    for path in ("tests/t.py", "README.md"):
+        (repo / path).write_text("x = 2\n")
+    git("commit", "-qam", "tests and README only")
+    assert leaderboard.code_sha() == first
+    (repo / "rdsnet/b.py").write_text("x = 2\n")
+    uncommitted = leaderboard.code_sha()
+    assert uncommitted != first
+    git("commit", "-qam", "code")
+    assert leaderboard.code_sha() not in (first, uncommitted)
+    (repo / "instseg/a.py").write_text("x = 3\n")
+    assert leaderboard.code_sha() != uncommitted
+
+
 def test_leaderboard_gallery_picks_huddled_ring_and_bar_images():
     """The gallery's images: the one with the most huddled instances (box IoU > 0.3 with another), then the one with
     the most rings, the most bars, then by instance count; no image twice."""

@@ -7,14 +7,14 @@
     make leaderboard
 
 Per entry: train (``train_net.py`` in a subprocess, a progress line per logged iteration) unless
-``<output>/<entry>/model_final.pth`` exists with a stamp of the same config (after overrides) and commit
-(``--retrain`` forces); then, in this process, evaluate on ``synthetic_instances_val`` (box and mask AP, AP50, AP75,
-APs, per-class mask AP of the thin ``bar`` and the holed ``ring``, and DSG's huddled-instance mask AP: the images where
-some instance has a box IoU > T_O = 0.3 with another (T_P = 0), AP as the mean over those instances, Appendix 6.1) and,
-for panoptic models, PQ on their panoptic split. Inference time at 256 x 256 and at 800 x 1333 (trained weights, one
-thread, every model in turns in one run: ``tools/benchmark_inference.py``) as ratios to Mask R-CNN, the parameters
-that run at inference, the training time from the log. An entry that fails is reported as failed; the
-others still are.
+``<output>/<entry>/model_final.pth`` exists with a stamp of the same config (after overrides) and code
+(``CODE_PATHS``; ``--retrain`` forces); then, in this process, evaluate on ``synthetic_instances_val`` (box and mask
+AP, AP50, AP75, APs, per-class mask AP of the thin ``bar`` and the holed ``ring``, and DSG's huddled-instance mask AP:
+the images where some instance has a box IoU > T_O = 0.3 with another (T_P = 0), AP as the mean over those instances,
+Appendix 6.1) and, for panoptic models, PQ on their panoptic split. Inference time at 256 x 256 and at 800 x 1333
+(trained weights, one thread, every model in turns in one run: ``tools/benchmark_inference.py``) as ratios to Mask
+R-CNN, the parameters that run at inference, the training time from the log. An entry that fails is reported as
+failed; the others still are.
 
 Writes ``leaderboard.json``, ``leaderboard.md``, ``leaderboard.png`` (mask AP against the 800 x 1333 time ratio) and
 ``gallery.png`` (4 validation images chosen for huddled instances, a ring and bars; ground truth and one column per
@@ -104,15 +104,22 @@ def commit():
     return _git("rev-parse", "HEAD").strip()
 
 
+# what a trained model depends on besides its config: the shared package, the ops, the training script, and the
+# method packages (every one: a config of one method may use another's registered parts). Tests, tools, README and
+# the leaderboard itself are left out, so that committing them keeps the trained checkpoints.
+CODE_PATHS = ("instseg", "csrc", "train_net.py", "setup.py", "maskpoint", "maskplus", "dsg", "rdsnet", "casnet")
+
+
+def code_sha():
+    """The content of CODE_PATHS as committed (git's tree hashes) plus their uncommitted changes."""
+    paths = [p for p in CODE_PATHS if os.path.exists(os.path.join(ROOT, p))]
+    trees = _git("rev-parse", *[f"HEAD:{p}" for p in paths])
+    return hashlib.sha1((trees + _git("diff", "HEAD", "--", *paths)).encode()).hexdigest()
+
+
 def stamp_of(cfg, config):
-    """What a checkpoint was trained from: the config after overrides, the commit, and uncommitted changes."""
-    sha = lambda text: hashlib.sha1(text.encode()).hexdigest()  # noqa: E731
-    return {
-        "config": config,
-        "config_sha": sha(cfg.dump()),
-        "commit": commit(),
-        "uncommitted_sha": sha(_git("diff", "HEAD")),
-    }
+    """What a checkpoint was trained from: the config after overrides and the code it ran (``code_sha``)."""
+    return {"config": config, "config_sha": hashlib.sha1(cfg.dump().encode()).hexdigest(), "code_sha": code_sha()}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -435,7 +442,7 @@ def main(argv=None):
             weights = os.path.join(out, "model_final.pth")
             old = json.load(open(stamp_path)) if os.path.isfile(stamp_path) else None
             if os.path.isfile(weights) and old == stamp and not args.retrain:
-                log(f"{name}: reusing {weights} (same config and commit)")
+                log(f"{name}: reusing {weights} (same config and code)")
             else:
                 for stale in (stamp_path, weights):  # no old stamp may end up next to new weights
                     if os.path.isfile(stale):
