@@ -3,13 +3,15 @@ and 4 as key values (``TABLE3_ROWS``, ``TABLE4_ROWS``, ``table_opts``), defined 
 """
 
 # Table 3 (cropping module, on RDSNet_s): mask assembly (LC = YOLACT's linear combination, Corr = Eq. 1), expanded
-# crops in training (TE), OHEM, expanded crops at inference (IE). Rows 2-7 use Corr.
+# crops in training (TE), OHEM, expanded crops at inference (IE). Rows 2-7 use Corr. The text fixes the rows' marks:
+# "row 2 v.s. row 3" is IE alone, "row 3 v.s. row 5" is TE (so row 5 = TE + IE, row 4 = TE), row 7 adds OHEM to row 5
+# and row 6 is row 7 without IE.
 TABLE3_ROWS = {
     1: {"MASK_ASSEMBLY": "lc", "TRAIN_EXPAND": False, "OHEM": False, "TEST_EXPAND": False},
     2: {"MASK_ASSEMBLY": "corr", "TRAIN_EXPAND": False, "OHEM": False, "TEST_EXPAND": False},
     3: {"MASK_ASSEMBLY": "corr", "TRAIN_EXPAND": False, "OHEM": False, "TEST_EXPAND": True},
-    4: {"MASK_ASSEMBLY": "corr", "TRAIN_EXPAND": True, "OHEM": False, "TEST_EXPAND": True},
-    5: {"MASK_ASSEMBLY": "corr", "TRAIN_EXPAND": True, "OHEM": False, "TEST_EXPAND": False},
+    4: {"MASK_ASSEMBLY": "corr", "TRAIN_EXPAND": True, "OHEM": False, "TEST_EXPAND": False},
+    5: {"MASK_ASSEMBLY": "corr", "TRAIN_EXPAND": True, "OHEM": False, "TEST_EXPAND": True},
     6: {"MASK_ASSEMBLY": "corr", "TRAIN_EXPAND": True, "OHEM": True, "TEST_EXPAND": False},
     7: {"MASK_ASSEMBLY": "corr", "TRAIN_EXPAND": True, "OHEM": True, "TEST_EXPAND": True},
 }

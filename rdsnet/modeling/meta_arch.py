@@ -70,14 +70,19 @@ def check_rdsnet_config(cfg) -> None:
         )
 
 
-def _gt_bitmasks(gt: Instances, padded_size) -> torch.Tensor:
-    """(G, H, W) float ground-truth masks of one image, zero-padded to the batch's padded size."""
-    masks = gt.gt_masks
-    h, w = gt.image_size
+def _mask_targets(gt: Instances, idx: torch.Tensor, padded_size, stride: int, device) -> torch.Tensor:
+    """(len(idx), H / stride, W / stride) bool: the ground-truth masks ``idx`` of one image, zero-padded to the batch's
+    padded size, average-pooled to the pixel stream's stride (>= 0.5), on ``device``. Each mask is rasterised and
+    pooled once however many anchors it matches; polygons are rasterised on the CPU (``PolygonMasks.to`` keeps them
+    there), then moved."""
+    uniq, inverse = idx.unique(return_inverse=True)
+    masks = gt.gt_masks[uniq.cpu() if isinstance(gt.gt_masks, PolygonMasks) else uniq]
     if isinstance(masks, PolygonMasks):
-        masks = BitMasks.from_polygon_masks(masks, h, w)
-    t = masks.tensor.to(torch.float32)
-    return F.pad(t, (0, padded_size[1] - t.shape[-1], 0, padded_size[0] - t.shape[-2]))
+        masks = BitMasks.from_polygon_masks(masks, *gt.image_size)
+    t = masks.tensor.to(device=device, dtype=torch.float32)
+    t = F.pad(t, (0, padded_size[1] - t.shape[-1], 0, padded_size[0] - t.shape[-2]))
+    pooled = F.avg_pool2d(t[:, None], kernel_size=stride, stride=stride)[:, 0] >= 0.5
+    return pooled[inverse.to(device)]
 
 
 UNTRAINED_MBRM = (
@@ -308,8 +313,7 @@ class RDSNet(RetinaNet):
                 continue
             reps.append(cat([x[i] for x in pred_reps])[anchor_idx])
             boxes.append(expand_boxes(gt.gt_boxes.tensor[gt_idx], self.train_expand, gt.image_size))
-            pooled = F.avg_pool2d(_gt_bitmasks(gt, padded)[:, None], kernel_size=s, stride=s)[:, 0] >= 0.5
-            targets.append(pooled[gt_idx])
+            targets.append(_mask_targets(gt, gt_idx, padded, s, pixel.device))
             batch_idx.append(torch.full((len(anchor_idx),), i, dtype=torch.int64, device=pixel.device))
         if not reps:
             return pixel.sum() * 0.0 + sum(x.sum() for x in pred_reps) * 0.0

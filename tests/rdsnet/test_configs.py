@@ -4,6 +4,7 @@ iterations of COCO train2017 at batch 8, and the synthetic pair sharing one reci
 import math
 import os
 
+import numpy as np
 import pytest
 
 from tests.utils import importorskip_detectron2
@@ -30,6 +31,45 @@ def _epochs(n):
     return n * math.ceil(COCO_TRAIN_IMAGES / 8)
 
 
+def test_table3_rows_differ_as_the_text_compares_them():
+    """Sec. 4.2: "row 2 v.s. row 3" isolates IE without TE, "row 3 v.s. row 5" isolates TE (with IE), row 7 adds OHEM
+    to row 5 ("Once OHEM ... is adopted", row 7), row 6 is row 7 without IE; row 1 is YOLACT's LC with none of them."""
+
+    def diff(a, b):
+        return {k for k in TABLE3_ROWS[a] if TABLE3_ROWS[a][k] != TABLE3_ROWS[b][k]}
+
+    assert diff(2, 3) == {"TEST_EXPAND"} and TABLE3_ROWS[3]["TEST_EXPAND"]
+    assert diff(3, 5) == {"TRAIN_EXPAND"} and TABLE3_ROWS[5]["TRAIN_EXPAND"]
+    assert diff(5, 7) == {"OHEM"} and diff(6, 7) == {"TEST_EXPAND"} and diff(4, 5) == {"TEST_EXPAND"}
+    assert TABLE3_ROWS[1] == {"MASK_ASSEMBLY": "lc", "TRAIN_EXPAND": False, "OHEM": False, "TEST_EXPAND": False}
+    assert all(TABLE3_ROWS[r]["MASK_ASSEMBLY"] == "corr" for r in range(2, 8))
+
+
+@pytest.mark.parametrize(
+    "name,sizes,sampling,max_size,test",
+    [
+        ("RDSNet/rdsnet_R_50_FPN_1x.yaml", (800,), "choice", 1333, (800, 1333)),
+        ("RDSNet/rdsnet_R_101_FPN_2x.yaml", (640, 800), "choice", 1333, (800, 1333)),  # the authors': 640 or 800
+        ("RDSNet/rdsnet_s_R_101_FPN_550.yaml", (330, 413), "range", 550, (413, 550)),
+    ],
+)
+def test_sec41_input_sizes(name, sizes, sampling, max_size, test):
+    i = _cfg(name).INPUT
+    assert (i.MIN_SIZE_TRAIN, i.MIN_SIZE_TRAIN_SAMPLING, i.MAX_SIZE_TRAIN) == (sizes, sampling, max_size)
+    assert (i.MIN_SIZE_TEST, i.MAX_SIZE_TEST) == test
+
+
+def test_rdsnet_s_scale_augmentation_varies_a_4_3_coco_image():
+    """RDSNet_s trains with scale augmentation (Table 1): a 640 x 480 COCO image must come out at more than one size
+    (a shorter-side range whose long side always hits MAX_SIZE_TRAIN would give one), with the long side <= 550."""
+    from detectron2.data import transforms as T
+
+    i = _cfg("RDSNet/rdsnet_s_R_101_FPN_550.yaml").INPUT
+    aug = T.ResizeShortestEdge(i.MIN_SIZE_TRAIN, i.MAX_SIZE_TRAIN, i.MIN_SIZE_TRAIN_SAMPLING)
+    shapes = {aug.get_transform(np.zeros((480, 640, 3), np.uint8)).new_h for _ in range(50)}
+    assert len(shapes) > 10 and max(shapes) * 4 / 3 <= 550.5
+
+
 @pytest.mark.parametrize(
     "name,epochs,drops",
     [
@@ -45,7 +85,9 @@ def test_sec41_recipe_in_iterations(name, epochs, drops):
     assert (s.IMS_PER_BATCH, s.BASE_LR, s.MOMENTUM, s.WEIGHT_DECAY) == (8, 0.005, 0.9, 1e-4)
     assert s.MAX_ITER == _epochs(epochs) and s.STEPS == tuple(_epochs(e) for e in drops)
     assert (s.WARMUP_METHOD, s.WARMUP_ITERS, s.WARMUP_FACTOR) == ("linear", 500, pytest.approx(1 / 3))
-    assert s.CLIP_GRADIENTS.ENABLED and s.CLIP_GRADIENTS.CLIP_VALUE == 35.0
+    clip = s.CLIP_GRADIENTS  # the gradient norm over the whole model (mmdetection's grad_clip), not per element
+    assert (clip.ENABLED, clip.CLIP_TYPE, clip.CLIP_VALUE, clip.NORM_TYPE) == (True, "full_model", 35.0, 2.0)
+    assert cfg.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA == 0.11  # mmdetection v1's RetinaNet
     assert cfg.MODEL.RETINANET.NORM == "GN" and cfg.MODEL.META_ARCHITECTURE == "RDSNet" and cfg.MODEL.MASK_ON
     r = cfg.MODEL.RDSNET
     assert (r.REP_DIM, r.CROP_EXPAND_TRAIN, r.CROP_EXPAND_TEST, r.MASK_THRESHOLD) == (32, 1.5, 1.2, 0.4)

@@ -76,28 +76,75 @@ def test_table3_lc_assembly_is_a_linear_combination_of_prototypes_with_tanh_coef
     torch.testing.assert_close(z[0], torch.einsum("d,dhw->hw", torch.tanh(reps[0]), torch.relu(pixel[0])))
 
 
-def test_sec34_training_crops_with_the_gt_boxes_expanded_and_at_most_max_masks_per_image():
+def test_sec34_training_crops_and_targets_are_each_anchors_own_gt_and_at_most_max_masks_per_image(monkeypatch):
     """Sec. 3.4 / 4.1: the positive anchors' masks (at most MAX_MASKS_PER_IMAGE, here 3, per image) are cropped with
-    their matched ground-truth box x1.5 (clipped to the image), in pixel-stream units."""
+    their matched ground-truth box x1.5 (clipped to the image), against that same ground truth's mask pooled to the
+    pixel stream's stride: each crop and its target belong to the ground truth of highest IoU with the anchor."""
+    from detectron2.structures import pairwise_iou
+    from torch.nn import functional as F
+
+    import rdsnet.modeling.meta_arch as meta_arch
+
     model = _model(SYN, ["MODEL.RDSNET.MAX_MASKS_PER_IMAGE", "3"])
     seen = {}
-    original = model.mask_logits
+    original_logits, original_loss, original_sample = (
+        model.mask_logits,
+        meta_arch.rdsnet_mask_loss,
+        model.sample_positives,
+    )
 
-    def spy(pixel, reps, batch_idx, crop_boxes):
+    def spy_logits(pixel, reps, batch_idx, crop_boxes):
         seen.update(batch_idx=batch_idx, boxes=crop_boxes)
-        return original(pixel, reps, batch_idx, crop_boxes)
+        return original_logits(pixel, reps, batch_idx, crop_boxes)
 
-    model.mask_logits = spy
+    def spy_loss(z, targets, valid, *args):
+        seen["targets"] = targets
+        return original_loss(z, targets, valid, *args)
+
+    def spy_sample(anchors, gt_labels, gt_instances):
+        out = original_sample(anchors, gt_labels, gt_instances)
+        seen["anchors"] = [Boxes.cat(anchors).tensor[a] for a, _ in out]
+        return out
+
+    model.mask_logits, model.sample_positives = spy_logits, spy_sample
+    monkeypatch.setattr(meta_arch, "rdsnet_mask_loss", spy_loss)
     batch = synthetic_batch(2, empty=())
     with EventStorage(0):
         model(batch)
     counts = torch.bincount(seen["batch_idx"], minlength=2).tolist()
     assert counts == [3, 3]  # the synthetic images have far more than 3 positive anchors
     for n in range(2):
-        gt = batch[n]["instances"].gt_boxes.tensor
-        expanded = expand_boxes(gt, 1.5, (96, 96))
-        for box in seen["boxes"][seen["batch_idx"] == n]:
-            assert (expanded - box).abs().sum(dim=1).min() < 1e-4  # one of the image's expanded gt boxes
+        gt = batch[n]["instances"]
+        own = pairwise_iou(Boxes(seen["anchors"][n]), gt.gt_boxes).argmax(dim=1)  # each anchor's ground truth
+        sel = seen["batch_idx"] == n
+        want_boxes = expand_boxes(gt.gt_boxes.tensor[own], 1.5, (96, 96))
+        torch.testing.assert_close(seen["boxes"][sel], want_boxes)
+        pooled = F.avg_pool2d(gt.gt_masks.tensor[own].float()[:, None], 4, 4)[:, 0] >= 0.5
+        assert torch.equal(seen["targets"][sel], pooled)
+
+
+def test_mask_targets_from_polygons_equal_those_from_bitmasks_and_follow_the_indices():
+    """COCO's polygon masks (rasterised once per ground truth) give the same targets as the bitmasks, in the order of
+    the anchors' ground-truth indices, zero-padded to the batch's size and pooled to the stride (>= 0.5)."""
+    from detectron2.structures import BitMasks, Instances, PolygonMasks
+
+    from rdsnet.modeling.meta_arch import _mask_targets
+
+    polys = [[[2.0, 2.0, 14.0, 2.0, 14.0, 10.0, 2.0, 10.0]], [[8.0, 4.0, 20.0, 4.0, 20.0, 20.0, 8.0, 20.0]]]
+    gt = Instances((22, 22))
+    gt.gt_masks = PolygonMasks(polys)
+    idx = torch.tensor([1, 0, 1])
+    t_poly = _mask_targets(gt, idx, (24, 28), 4, torch.device("cpu"))
+    gt.gt_masks = BitMasks.from_polygon_masks(PolygonMasks(polys), 22, 22)
+    t_bits = _mask_targets(gt, idx, (24, 28), 4, torch.device("cpu"))
+    assert t_poly.shape == (3, 6, 7) and torch.equal(t_poly, t_bits)
+    # polygon 0 fills pixels x 2-13, y 2-9: of the 4 x 4 cells, columns 0-3 cover 1/2, 1, 1, 1/2 of it in x and rows
+    # 0-2 cover 1/2, 1, 1/2 in y; a cell is kept where the product is >= 1/2
+    want0 = torch.zeros(6, 7, dtype=torch.bool)
+    want0[1, 0:4] = want0[0, 1:3] = want0[2, 1:3] = True
+    want1 = torch.zeros(6, 7, dtype=torch.bool)
+    want1[1:5, 2:5] = True  # pixels x 8-19, y 4-19: whole cells x 2-4, y 1-4
+    assert torch.equal(t_poly[1], want0) and torch.equal(t_poly[0], want1) and torch.equal(t_poly[2], want1)
 
 
 def test_sec34_detections_keep_their_representation_through_topk_and_nms():
@@ -159,7 +206,8 @@ def test_sec34_mbrm_stage_trains_only_mbrm():
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     params = [p for p in model.parameters() if p.requires_grad]
-    assert params and all(p is q for p, q in zip(params, model.mbrm.parameters()))
+    mbrm_params = list(model.mbrm.parameters())
+    assert params and len(params) == len(mbrm_params) and all(p is q for p, q in zip(params, mbrm_params))
     opt = torch.optim.SGD(params, lr=1.0)
     with EventStorage(0):
         losses = model(synthetic_batch(2, empty=(1,)))
@@ -186,6 +234,59 @@ def test_masks_off_is_retinanet_with_the_same_weights():
     for x, y in zip(a, b):
         assert len(x["instances"]) > 0
         torch.testing.assert_close(x["instances"].pred_boxes.tensor, y["instances"].pred_boxes.tensor, rtol=0, atol=0)
+
+
+def test_masks_on_detections_are_retinanets_with_the_same_weights():
+    """With masks, RDSNet re-implements RetinaNet's inference to carry each detection's representation
+    (``detections_with_reps``): on RetinaNet's weights (the representation tower and pixel stream on top), with the
+    per-level top-k (20 here) and the detections-per-image cap (15) both binding, its boxes, scores and classes are
+    RetinaNet's."""
+    every = ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", "MODEL.RETINANET.TOPK_CANDIDATES_TEST", "20"]
+    every += ["TEST.DETECTIONS_PER_IMAGE", "15"]
+    base = _model(RETINANET, every, seed=1)
+    rds = _model(SYN, every, seed=2)
+    missing, unexpected = rds.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith(("head.rep_", "pixel_stream.")) for k in missing)
+    base.eval()
+    rds.eval()
+    images = _images(synthetic_batch(2, empty=()))
+    with torch.no_grad():
+        a, b = base(images), rds(images)
+    for x, y in zip(a, b):
+        x, y = x["instances"], y["instances"]
+        assert len(x) == 15 and y.pred_masks.shape[0] == 15
+        torch.testing.assert_close(x.pred_boxes.tensor, y.pred_boxes.tensor, rtol=0, atol=0)
+        torch.testing.assert_close(x.scores, y.scores, rtol=0, atol=0)
+        assert torch.equal(x.pred_classes, y.pred_classes)
+
+
+@pytest.mark.parametrize("row,ratio", [(2, 1.0), (3, 1.2), (6, 1.0), (7, 1.2)])
+def test_table3_ie_switch_crops_the_inference_masks_with_the_detections_x_1_2_or_x_1(row, ratio):
+    """Table 3's IE: inference masks are cropped with the detected boxes x1.2 (rows 3 and 7) or x1 (rows 2 and 6),
+    clipped to the image; TE (the training crop) plays no part at inference."""
+    model = _model(SYN, table_opts(3, row) + ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"]).eval()
+    seen = {}
+    original = model.crop_logits
+
+    def spy(pixel, reps, batch_idx, crop_boxes):
+        seen["crop"] = crop_boxes
+        return original(pixel, reps, batch_idx, crop_boxes)
+
+    model.crop_logits = spy
+    with torch.no_grad():
+        inst = model.forward_inference(*_inference_inputs(model))[0]
+    assert len(inst) > 0
+    torch.testing.assert_close(seen["crop"], expand_boxes(inst.pred_boxes.tensor, ratio, (96, 96)))
+    if ratio > 1:
+        assert (
+            seen["crop"][:, 2:] - seen["crop"][:, :2] > inst.pred_boxes.tensor[:, 2:] - inst.pred_boxes.tensor[:, :2]
+        ).any()
+
+
+def _inference_inputs(model):
+    images = model.preprocess_image(_images(synthetic_batch(1, empty=())))
+    features = [model.backbone(images.tensor)[f] for f in model.head_in_features]
+    return images, features, model.head(features)
 
 
 @pytest.mark.parametrize(
