@@ -2,7 +2,7 @@
 and the training targets (Sec. III-A/B)."""
 
 from .iou_vote import iou_vote, iou_vote_numpy, iou_vote_reference
-from .postprocess import SCORE_MODES, casnet_postprocess, pixel_boxes
+from .postprocess import SCORE_MODES, casnet_postprocess, mask_boxes, pixel_boxes, upsample_instance_ids
 from .targets import attribute_targets, centre_targets, labels_at_stride, pixel_owners, semantic_from_instances
 
 __all__ = [
@@ -14,7 +14,9 @@ __all__ = [
     "iou_vote_numpy",
     "iou_vote_reference",
     "labels_at_stride",
+    "mask_boxes",
     "pixel_boxes",
     "pixel_owners",
     "semantic_from_instances",
+    "upsample_instance_ids",
 ]

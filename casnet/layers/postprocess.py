@@ -9,15 +9,18 @@ one image's output stride to non-overlapping instances.
    highest IoU with its own box, the geometric centre deciding near-ties; a pixel of a class without seeds, or whose
    best IoU is not above ``min_iou``, joins no instance;
 4. seeds without support are dropped; each remaining seed is an instance: its pixels (at most one instance per
-   pixel: no overlap, no hole between instances), its seed box, its class.
+   pixel: no overlap, no hole between instances), its seed box, its class (``upsample_instance_ids`` carries the
+   instances to the output resolution, ``mask_boxes`` gives their final boxes).
 
 Scores (the paper is silent; ``score_mode``): ``seed_x_semantic`` (default) = the seed's centre probability x the mean
 semantic probability of the instance's class over its pixels; ``seed`` = the seed's probability alone.
 """
 
+import math
 from typing import Dict, Sequence
 
 import torch
+from torch.nn import functional as F
 from torchvision.ops import batched_nms
 
 from .iou_vote import iou_vote
@@ -100,3 +103,73 @@ def casnet_postprocess(
         "classes": classes,
         "scores": scores,
     }
+
+
+def upsample_instance_ids(
+    ids: torch.Tensor,
+    instance_classes: torch.Tensor,
+    pixel_classes: torch.Tensor,
+    image_size: Sequence[int],
+    stride: int,
+) -> torch.Tensor:
+    """(H, W) int64 instance ids at the output resolution (-1: none) from the (h, w) ids at the output stride (the
+    paper is silent on the up-sampling; ours). Which pixels are things, and of which class, is the output-resolution
+    semantic map's (``pixel_classes``, the one ``sem_seg`` and the panoptic stuff come from); each such pixel joins,
+    among the instances of its class, the one whose indicator map, read bilinearly between the output-stride pixel
+    centres ((j + 0.5) x stride input pixels), is highest there (ties: the lower id), if any is above 0. So instance
+    masks follow the semantic boundaries at full resolution, touching instances split where their maps cross, and no
+    pixel is in two instances.
+
+    Args:
+        ids: (h, w) int64, the instance of each output-stride pixel (-1: none).
+        instance_classes: (n,) each instance's class, in ``pixel_classes``' label space.
+        pixel_classes: (H, W) int64 class of each output pixel.
+        image_size: the input's (H_in, W_in), which the stride grid covers; (H, W) may differ (the output size).
+    """
+    h, w = ids.shape
+    H, W = pixel_classes.shape
+    out = torch.full((H, W), -1, dtype=torch.int64, device=ids.device)
+    best = torch.zeros((H, W), dtype=torch.float32, device=ids.device)
+    sy, sx = image_size[0] / H, image_size[1] / W  # input pixels per output pixel
+
+    def span(lo, hi, n_out, scale, n_grid):
+        """Output pixels whose centre lies within the grid cells lo - 1 .. hi + 1, and their grid coordinates."""
+        first = max(math.floor(((lo - 0.5) * stride) / scale - 0.5), 0)
+        last = min(math.ceil(((hi + 1.5) * stride) / scale - 0.5) + 1, n_out)
+        coords = (torch.arange(first, last, device=ids.device, dtype=torch.float32) + 0.5) * scale / stride - 0.5
+        return first, last, coords / max(n_grid - 1, 1) * 2 - 1  # grid_sample's [-1, 1], align_corners=True
+
+    for k, c in enumerate(instance_classes.tolist()):
+        cells = (ids == k).nonzero()
+        if len(cells) == 0:
+            continue
+        (i0, j0), (i1, j1) = cells.min(dim=0).values.tolist(), cells.max(dim=0).values.tolist()
+        y0, y1, gy = span(i0, i1, H, sy, h)
+        x0, x1, gx = span(j0, j1, W, sx, w)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), dim=-1)[None]
+        value = F.grid_sample(
+            (ids == k).float()[None, None], grid, mode="bilinear", padding_mode="border", align_corners=True
+        )[0, 0]
+        region_best, region_out = best[y0:y1, x0:x1], out[y0:y1, x0:x1]
+        take = (value > region_best) & (pixel_classes[y0:y1, x0:x1] == c)
+        region_best[take] = value[take]
+        region_out[take] = k
+    return out
+
+
+def mask_boxes(masks: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """(n, 4) XYXY: the tight box of each (n, H, W) mask, in pixels (x2, y2 exclusive); ``fallback``'s row where a mask
+    is empty. The paper calibrates each instance "by the final actual pixel range" (Sec. I)."""
+    any_x, any_y = masks.any(dim=1), masks.any(dim=2)  # (n, W), (n, H)
+    W, H = masks.shape[2], masks.shape[1]
+    xs = torch.arange(W, device=masks.device)
+    ys = torch.arange(H, device=masks.device)
+    x1 = torch.where(any_x, xs, W).min(dim=1).values
+    x2 = torch.where(any_x, xs + 1, 0).max(dim=1).values
+    y1 = torch.where(any_y, ys, H).min(dim=1).values
+    y2 = torch.where(any_y, ys + 1, 0).max(dim=1).values
+    boxes = torch.stack([x1, y1, x2, y2], dim=1).to(fallback.dtype)
+    empty = ~any_x.any(dim=1)
+    return torch.where(empty[:, None], fallback, boxes)

@@ -7,10 +7,11 @@ L1 over the thing pixels (mean over their 4 distances), binary cross entropy ove
 weights w_n = 1), weighted by ALPHA, BETA, GAMMA. The targets come from the instance masks (``casnet.layers.targets``:
 things over background, so any detectron2 instance dataset trains it); pixels of the padding are ignored.
 
-Inference: ``casnet_postprocess`` on the image's region of the maps, then the instance id map resized (nearest) to the
-output size: ``instances`` (``pred_masks``, ``pred_boxes`` (the seed boxes), ``scores``, ``pred_classes``) and
-``sem_seg`` (the semantic logits resized to the output, detectron2's ``sem_seg_postprocess``). Each pixel belongs to at
-most one instance.
+Inference: ``casnet_postprocess`` on the image's region of the maps; ``sem_seg`` (the semantic logits resized to the
+output, detectron2's ``sem_seg_postprocess``); the instance ids at the output size (``upsample_instance_ids``: each
+pixel of a thing class in ``sem_seg``'s argmax joins the instance of its class whose bilinearly read indicator is the
+highest there): ``instances`` (``pred_masks``, ``pred_boxes`` (the masks' extents, Sec. I's "calibrated by the final
+actual pixel range"), ``scores``, ``pred_classes``). Each pixel belongs to at most one instance.
 
 Panoptic mode (``PANOPTIC``): the semantic head predicts every class of the dataset (its metadata's ``stuff_classes``;
 the things are the values of ``thing_dataset_id_to_contiguous_id``), trained on the ``sem_seg`` the panoptic mapper
@@ -50,8 +51,10 @@ from ..layers import (
     casnet_postprocess,
     centre_targets,
     labels_at_stride,
+    mask_boxes,
     pixel_owners,
     semantic_from_instances,
+    upsample_instance_ids,
 )
 from .heads import FCNHead, HRFusion
 
@@ -373,24 +376,6 @@ class CASNet(nn.Module):
         remap[keep] = torch.arange(len(keep), device=sem.device)
         ids = remap[out["instance_ids"]]  # -1 stays -1
         out = {k: out[k][keep] for k in ("boxes", "scores", "classes")}
-        up = F.interpolate(ids[None, None].float(), scale_factor=s, mode="nearest")[
-            :, :, : image_size[0], : image_size[1]
-        ]
-        ids_out = F.interpolate(up, size=out_size, mode="nearest-exact")[0, 0].long()
-        n = len(out["scores"])
-        inst = Instances(out_size)
-        inst.pred_masks = ids_out[None] == torch.arange(n, device=ids_out.device)[:, None, None]
-        scale = torch.tensor(
-            [out_size[1] / image_size[1], out_size[0] / image_size[0]] * 2, device=ids.device, dtype=torch.float32
-        )
-        boxes = Boxes(out["boxes"] * s * scale)
-        boxes.clip(out_size)
-        inst.pred_boxes = boxes
-        inst.scores = out["scores"]
-        classes = out["classes"]  # thing index; panoptic mode: the semantic id (detectron2's panoptic convention)
-        inst.pred_classes = (
-            torch.as_tensor(self.thing_ids, device=classes.device)[classes] if self.panoptic else classes
-        )
         if labels is None:
             sem_full = F.interpolate(sem[None], scale_factor=s, mode="bilinear", align_corners=False)[0]
             sem_seg = sem_seg_postprocess(sem_full, image_size, *out_size)
@@ -398,6 +383,23 @@ class CASNet(nn.Module):
         else:
             sem_labels = _resize_labels(labels, out_size)  # from the given labels' own size, once
             sem_seg = self._one_hot(sem_labels)[: self.num_sem]
+        n = len(out["scores"])
+        head_things = torch.as_tensor(self.head_things, device=ids.device)
+        ids_out = upsample_instance_ids(ids, head_things[out["classes"]], sem_labels, image_size, s)
+        inst = Instances(out_size)
+        inst.pred_masks = ids_out[None] == torch.arange(n, device=ids_out.device)[:, None, None]
+        scale = torch.tensor(
+            [out_size[1] / image_size[1], out_size[0] / image_size[0]] * 2, device=ids.device, dtype=torch.float32
+        )
+        seed_boxes = Boxes(out["boxes"] * s * scale)
+        seed_boxes.clip(out_size)
+        # each instance "calibrated by the final actual pixel range" (Sec. I): its mask's box (its seed's if empty)
+        inst.pred_boxes = Boxes(mask_boxes(inst.pred_masks, seed_boxes.tensor))
+        inst.scores = out["scores"]
+        classes = out["classes"]  # thing index; panoptic mode: the semantic id (detectron2's panoptic convention)
+        inst.pred_classes = (
+            torch.as_tensor(self.thing_ids, device=classes.device)[classes] if self.panoptic else classes
+        )
         result = {"instances": inst, "sem_seg": sem_seg}
         if self.panoptic:
             result["panoptic_seg"] = self.combine(ids_out, inst, sem_labels)

@@ -9,9 +9,11 @@ from casnet.layers import (
     attribute_targets,
     casnet_postprocess,
     centre_targets,
+    mask_boxes,
     pixel_boxes,
     pixel_owners,
     semantic_from_instances,
+    upsample_instance_ids,
 )
 
 
@@ -172,3 +174,45 @@ def test_pixel_boxes_follow_the_op_convention():
     d = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1, 1).expand(4, 2, 3)
     b = pixel_boxes(d)
     torch.testing.assert_close(b[1, 2], torch.tensor([2.5 - 1, 1.5 - 2, 2.5 + 3, 1.5 + 4]))
+
+
+def _grid(rows):
+    return torch.tensor([[-1 if c == "." else int(c) for c in r] for r in rows])
+
+
+def test_instance_ids_are_upsampled_bilinearly_between_the_stride_pixel_centres():
+    """Stride 4, a 4 x 5 grid: instance 0 owns cell (1, 1), instance 1 the cells (1, 2), (2, 1), (2, 2), both of class
+    7, and the output-resolution semantic map says class 7 on input pixels 4-11 x 4-11. Each of those pixels joins the
+    instance whose indicator, bilinear between the cell centres ((j + 0.5) x 4), is higher. By hand: pixel (y 7, x 7)
+    is at cell coordinates (1.375, 1.375): instance 0 0.625^2 = 0.39, instance 1 1 - 0.39 = 0.61: instance 1; (4, 7):
+    0.39 against 0.625 x 0.375 = 0.23: instance 0; (4, 4): 0.39 against 0: instance 0. Pixels outside class 7 join
+    nothing; when the two instances' classes differ, each keeps to its own class's pixels. The boxes are the masks'
+    extents."""
+    ids = _grid([".....", ".01..", ".11..", "....."])
+    classes = torch.full((16, 20), -1)
+    classes[4:12, 4:12] = 7
+    out = upsample_instance_ids(ids, torch.tensor([7, 7]), classes, (16, 20), 4)
+    want = torch.full((16, 20), -1)
+    want[4:12, 4:12] = _grid(["00001111", "00001111", "00001111", "00011111"] + ["11111111"] * 4)
+    assert torch.equal(out, want)
+    boxes = mask_boxes(torch.stack([out == 0, out == 1, out == 2]), torch.tensor([[0.0, 0, 1, 1]] * 3))
+    assert boxes.tolist() == [[4, 4, 8, 8], [4, 4, 12, 12], [0, 0, 1, 1]]  # the empty mask keeps its fallback
+    classes[4:8, 8:12] = classes[8:12, 4:12] = 8  # instance 1's cells are class 8
+    out = upsample_instance_ids(ids, torch.tensor([7, 8]), classes, (16, 20), 4)
+    want[4:12, 4:12] = _grid(["00001111"] * 4 + ["11111111"] * 4)
+    assert torch.equal(out, want)
+
+
+def test_instance_ids_upsampled_to_another_output_size_and_ties_go_to_the_lower_id():
+    """A 2 x 2 grid of instances 0 | 1 over 2 | 3 at stride 4 (an 8 x 8 input), all of one class, read at half and
+    at twice the input size: each output pixel takes the instance of the nearest cell centre (quadrants). A 1 x 2 grid
+    0 | 1 read 7 pixels wide over its 8 input pixels: pixel 3's centre is at input x = 4.0, exactly between the two
+    centres (2 and 6): the lower id takes it."""
+    ids = _grid(["01", "23"])
+    one = torch.tensor([1, 1, 1, 1])
+    small = upsample_instance_ids(ids, one, torch.ones(4, 4, dtype=torch.int64), (8, 8), 4)
+    assert torch.equal(small, _grid(["0011", "0011", "2233", "2233"]))
+    big = upsample_instance_ids(ids, one, torch.ones(16, 16, dtype=torch.int64), (8, 8), 4)
+    assert torch.equal(big, torch.tensor([[0] * 8 + [1] * 8] * 8 + [[2] * 8 + [3] * 8] * 8))
+    tie = upsample_instance_ids(_grid(["01"]), one[:2], torch.ones(1, 7, dtype=torch.int64), (4, 8), 4)
+    assert tie.tolist() == [[0, 0, 0, 0, 1, 1, 1]]

@@ -69,34 +69,68 @@ def test_trains_with_images_without_instances_and_predicts_non_overlapping_insta
             sum(losses.values()).backward()
 
 
+def test_sec3c_the_instances_cover_the_semantic_thing_region_at_full_resolution():
+    """Sec. III-C: every pixel the semantic map gives to a thing class belongs to an instance ("no holes"), at the
+    output resolution too: a disc of class 2 whose smooth logits cross at a radius between the stride-4 centres, one
+    seed, every attribute pointing at the disc's box. The instance is exactly the full-resolution argmax's region of
+    class 2 (the stride grid's blocks copied by nearest neighbour would leave part of it to no one), at 1x and 1.5x."""
+    model = seeded_model(SYN).eval()
+    n = 24
+    yy, xx = torch.meshgrid(torch.arange(n) + 0.5, torch.arange(n) + 0.5, indexing="ij")
+    r = ((yy - 12) ** 2 + (xx - 12) ** 2).sqrt()
+    sem = torch.full((6, n, n), -5.0)
+    sem[2] = 2.0 * (5.3 - r)  # class 2 inside radius 5.3 cells, background (5) outside
+    sem[5] = 0.0
+    dist = torch.stack([xx - 6.7, yy - 6.7, 17.3 - xx, 17.3 - yy]).clamp(min=0)
+    prob = torch.full((5, n, n), -10.0)
+    prob[2, 11:13, 11:13] = 10.0
+    for out_size in [(96, 96), (144, 144)]:
+        out = model.inference_single(sem, dist, prob, (96, 96), out_size)
+        inst = out["instances"]
+        assert len(inst) == 1 and inst.pred_classes.tolist() == [2]
+        region = out["sem_seg"].argmax(dim=0) == 2
+        assert torch.equal(inst.pred_masks[0], region)
+
+
 def test_sec3c_perfect_predictions_give_back_the_ground_truth_instances():
     """Round trip: the targets of a synthetic image, as (saturated) predictions, through the inference: every instance
-    that owns a pixel at the output stride comes back with its own pixels (up-sampled from the stride grid) as its mask,
-    its box as its box, its class; at the input size and at 1.5x it."""
+    that owns a pixel at the output stride comes back once, with its class, a mask close to its ground-truth mask (IoU
+    >= 0.6 each, and closer on average than the stride grid's blocks copied by nearest neighbour), and its box, the
+    mask's extent, within a stride of the ground-truth box; at the input size and at 1.5x it."""
     from torch.nn import functional as F
+
+    from casnet.layers import pixel_owners
 
     model = seeded_model(SYN, ["MODEL.CASNET.SEED_NMS_THRESHOLD", "0.95"])
     inst = synthetic_batch(1, empty=(), seed=5)[0]["instances"]
     labels, dist, valid, centres, inside = model.targets(inst, (96, 96), (96, 96))
     sem = F.one_hot(labels, 6).permute(2, 0, 1).float() * 20
     prob = (centres * 2 - 1) * 20
-    from casnet.layers import pixel_owners
-
     owners = pixel_owners(inst.gt_masks.tensor, inst.gt_boxes.tensor, (24, 24), 4)
     present = owners[owners >= 0].unique().tolist()
     assert len(present) >= 3
+
+    def iou(a, b):
+        return float((a & b).sum()) / max(float((a | b).sum()), 1.0)
+
     for out_size in [(96, 96), (144, 144)]:
         pred = model.inference_single(sem, dist, prob, (96, 96), out_size)["instances"]
         assert len(pred) == len(present)
         scale = out_size[0] / 96
+        gt_masks = F.interpolate(inst.gt_masks.tensor[:, None].float(), size=out_size, mode="nearest")[:, 0].bool()
+        ours, blocks = [], []
         for g in present:
-            own = owners == g
-            want_mask = F.interpolate(own[None, None].float(), size=out_size, mode="nearest-exact")[0, 0].bool()
-            matches = [k for k in range(len(pred)) if torch.equal(pred.pred_masks[k], want_mask)]
-            assert len(matches) == 1, g
-            k = matches[0]
-            torch.testing.assert_close(pred.pred_boxes.tensor[k], inst.gt_boxes.tensor[g] * scale)
+            k = max(range(len(pred)), key=lambda k: iou(pred.pred_masks[k], gt_masks[g]))
+            ours.append(iou(pred.pred_masks[k], gt_masks[g]))
+            block = F.interpolate((owners == g)[None, None].float(), size=out_size, mode="nearest-exact")[0, 0].bool()
+            blocks.append(iou(block, gt_masks[g]))
+            assert ours[-1] >= 0.6, (g, ours[-1])
             assert pred.pred_classes[k] == inst.gt_classes[g]
+            box = pred.pred_boxes.tensor[k]
+            assert (box - inst.gt_boxes.tensor[g] * scale).abs().max() <= 4 * scale, (box, inst.gt_boxes.tensor[g])
+            ys, xs = pred.pred_masks[k].nonzero(as_tuple=True)
+            assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        assert sum(ours) > sum(blocks)
 
 
 def test_eq3_centre_positives_are_the_instances_own_pixels():
