@@ -47,6 +47,10 @@ def add_casnet_config(cfg) -> None:
     _C.ALPHA = 1.0
     _C.BETA = 1.0
     _C.GAMMA = 1.0
+    # Eq. 3's weights w_n (the paper leaves them open): True (ours) gives the centre pixels and the others half of
+    # L_prob each; False is the plain mean over pixels x thing classes (w_n = 1), under which the ~0.2 % positives of
+    # the synthetic maps leave every centre probability below the 0.5 seed threshold early in training
+    _C.PROB_BALANCED = True
     # post-processing (Sec. III-C): seeds above this centre probability (the paper's example, 0.5), then NMS (ours)
     _C.SEED_THRESHOLD = 0.5
     _C.SEED_NMS_THRESHOLD = 0.5

@@ -48,6 +48,7 @@ from ..config import SEMANTIC_SOURCES
 from ..layers import (
     SCORE_MODES,
     attribute_targets,
+    box_probability_loss,
     casnet_postprocess,
     centre_targets,
     labels_at_stride,
@@ -100,6 +101,7 @@ class CASNet(nn.Module):
         pixel_std,
         centre_radius: float = 1.5,
         loss_weights=(1.0, 1.0, 1.0),
+        prob_balanced: bool = True,
         seed_threshold: float = 0.5,
         nms_threshold: float = 0.5,
         min_iou: float = 0.0,
@@ -163,6 +165,7 @@ class CASNet(nn.Module):
         self.stride = fusion.out_stride
         self.centre_radius = centre_radius
         self.loss_weights = tuple(loss_weights)
+        self.prob_balanced = prob_balanced
         self.post = dict(
             seed_threshold=seed_threshold,
             nms_threshold=nms_threshold,
@@ -223,6 +226,7 @@ class CASNet(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "centre_radius": c.CENTRE_RADIUS,
             "loss_weights": (c.ALPHA, c.BETA, c.GAMMA),
+            "prob_balanced": c.PROB_BALANCED,
             "seed_threshold": c.SEED_THRESHOLD,
             "nms_threshold": c.SEED_NMS_THRESHOLD,
             "min_iou": c.IOU_VOTE_MIN_IOU,
@@ -312,7 +316,7 @@ class CASNet(nn.Module):
         v = valid[:, None].expand_as(attr)
         loss_common = F.l1_loss(attr[v], dist[v]) if bool(v.any()) else attr.sum() * 0.0  # Eq. 2
         pm = inside[:, None].expand_as(prob)
-        loss_prob = F.binary_cross_entropy_with_logits(prob[pm], centres[pm])  # Eq. 3
+        loss_prob = box_probability_loss(prob[pm], centres[pm], self.prob_balanced)  # Eq. 3
         return {"loss_sem": alpha * loss_sem, "loss_common": beta * loss_common, "loss_prob": gamma * loss_prob}
 
     # ---- inference ----------------------------------------------------------------------------------------------

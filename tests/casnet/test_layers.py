@@ -3,6 +3,7 @@ labels) and post-processing (Sec. III-C) on hand-built maps."""
 
 import math
 
+import pytest
 import torch
 
 from casnet.layers import (
@@ -216,3 +217,20 @@ def test_instance_ids_upsampled_to_another_output_size_and_ties_go_to_the_lower_
     assert torch.equal(big, torch.tensor([[0] * 8 + [1] * 8] * 8 + [[2] * 8 + [3] * 8] * 8))
     tie = upsample_instance_ids(_grid(["01"]), one[:2], torch.ones(1, 7, dtype=torch.int64), (4, 8), 4)
     assert tie.tolist() == [[0, 0, 0, 0, 1, 1, 1]]
+
+
+def test_eq3_box_probability_loss_weights_positives_and_negatives_half_each():
+    """Eq. 3 with w_n: by hand, logits (2, 0, -1, 1) against targets (1, 0, 0, 0): the BCE terms are
+    log(1 + e^-2) = 0.1269 on the one positive and log 2 = 0.6931, log(1 + e^-1) = 0.3133, log(1 + e) = 1.3133 on the
+    negatives. Balanced: 0.5 x 0.1269 + 0.5 x mean(0.6931, 0.3133, 1.3133) = 0.4496; plain mean (w_n = 1): 0.6117;
+    without positives, the mean over the negatives; nothing: 0, still connected to the logits."""
+    from casnet.layers import box_probability_loss
+
+    x = torch.tensor([2.0, 0.0, -1.0, 1.0], requires_grad=True)
+    y = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    pos, negs = math.log1p(math.exp(-2)), [math.log(2), math.log1p(math.exp(-1)), math.log1p(math.e)]
+    assert box_probability_loss(x, y).item() == pytest.approx(0.5 * pos + 0.5 * sum(negs) / 3, abs=1e-5)
+    assert box_probability_loss(x, y, balanced=False).item() == pytest.approx((pos + sum(negs)) / 4, abs=1e-5)
+    assert box_probability_loss(x[1:], y[1:]).item() == pytest.approx(sum(negs) / 3, abs=1e-5)
+    empty = box_probability_loss(x[:0], y[:0])
+    assert empty.item() == 0.0 and empty.requires_grad

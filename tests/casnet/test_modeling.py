@@ -34,6 +34,40 @@ def test_eq4_total_loss_weights_each_term():
     assert base["loss_common"] > 0
 
 
+def test_eq1_to_3_losses_count_only_their_pixels():
+    """Eq. 1-3 on given head outputs for a padded batch of two images (96 x 96 and 90 x 80 in 96 x 96): the cross
+    entropy over the non-padding pixels, the L1 over the thing pixels' 4 distances only (large errors planted on the
+    background and the padding must not count), the balanced BCE over the non-padding pixels x classes."""
+    from detectron2.structures import ImageList
+    from torch.nn import functional as F
+
+    from casnet.layers import box_probability_loss
+
+    model = seeded_model(SYN)
+    batch = synthetic_batch(2, empty=())
+    gts = [d["instances"] for d in batch]
+    images = ImageList(torch.zeros(2, 3, 96, 96), [(96, 96), (90, 80)])
+    g = torch.Generator().manual_seed(0)
+    sem, attr, prob = (
+        torch.randn(2, 6, 24, 24, generator=g),
+        torch.rand(2, 4, 24, 24, generator=g),
+        torch.randn(2, 5, 24, 24, generator=g),
+    )
+    t = [model.targets(gt, (96, 96), size) for gt, size in zip(gts, images.image_sizes)]
+    labels, dist, valid, centres, inside = (torch.stack(x) for x in zip(*t))
+    attr = torch.where(valid[:, None], attr, torch.full_like(attr, 1000.0))  # off the thing pixels: huge errors
+    losses = model.losses(sem, attr, prob, gts, images)
+    keep = labels != 255
+    ce = -F.log_softmax(sem, dim=1).gather(1, labels.clamp(max=5)[:, None])[:, 0][keep].mean()
+    l1 = (attr - dist).abs().permute(0, 2, 3, 1)[valid].mean()
+    p = inside[:, None].expand_as(prob)
+    torch.testing.assert_close(losses["loss_sem"], ce)
+    torch.testing.assert_close(losses["loss_common"], l1)
+    assert l1 < 100  # the planted errors are out
+    torch.testing.assert_close(losses["loss_prob"], box_probability_loss(prob[p], centres[p]))
+    assert not inside[1, 23].any() and inside[0].all()
+
+
 def test_targets_ignore_the_padding_and_follow_the_instances():
     """In a batch padded to 96 x 96, an image of 90 x 80 has semantic targets only on its own pixels (stride 4: rows
     with centres < 90, columns < 80); thing pixels carry their instance's class, the rest background (K = 5)."""
