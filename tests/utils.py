@@ -115,6 +115,17 @@ def seeded_model(path, opts=(), seed=0):
     return build_model(config_from(path, opts))
 
 
+def predict_alike(*models, num_images=2):
+    """Each model's ``Instances`` (eval mode, no grad) on the same ``synthetic_batch`` images, per image: a list of
+    tuples (one ``Instances`` per model)."""
+    import torch
+
+    images = images_only(synthetic_batch(num_images, empty=()))
+    with torch.no_grad():
+        outputs = [m.eval()(images) for m in models]
+    return [tuple(o["instances"] for o in per_image) for per_image in zip(*outputs)]
+
+
 def images_only(batch):
     """The inference inputs of a ``synthetic_batch``: each dict without its "instances"."""
     return [{k: v for k, v in d.items() if k != "instances"} for d in batch]

@@ -5,7 +5,15 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from tests.utils import TINY, config_from, images_only, importorskip_detectron2, seeded_model, synthetic_batch
+from tests.utils import (
+    TINY,
+    config_from,
+    images_only,
+    importorskip_detectron2,
+    predict_alike,
+    seeded_model,
+    synthetic_batch,
+)
 
 importorskip_detectron2()
 
@@ -153,13 +161,7 @@ def test_all_techniques_off_is_mask_rcnn_with_the_same_weights():
     mp = _model(SYN, table_opts("mask_rcnn"), seed=2)
     assert set(mp.state_dict()) == set(base.state_dict())
     mp.load_state_dict(base.state_dict(), strict=True)
-    for m in (base, mp):
-        m.eval()
-    images = _images(synthetic_batch(2, empty=()))
-    with torch.no_grad():
-        a, b = base(images), mp(images)
-    for x, y in zip(a, b):
-        x, y = x["instances"], y["instances"]
+    for x, y in predict_alike(base, mp):
         assert len(x) > 0
         torch.testing.assert_close(x.pred_boxes.tensor, y.pred_boxes.tensor, rtol=0, atol=0)
         assert torch.equal(x.pred_masks, y.pred_masks)

@@ -5,7 +5,14 @@ masks off = RetinaNet."""
 import pytest
 import torch
 
-from tests.utils import config_from, images_only, importorskip_detectron2, seeded_model, synthetic_batch
+from tests.utils import (
+    config_from,
+    images_only,
+    importorskip_detectron2,
+    predict_alike,
+    seeded_model,
+    synthetic_batch,
+)
 
 importorskip_detectron2()
 
@@ -219,42 +226,21 @@ def test_sec34_mbrm_stage_trains_only_mbrm():
     assert changed and all(k.startswith("mbrm.") for k in changed), changed
 
 
-def test_masks_off_is_retinanet_with_the_same_weights():
-    """MODEL.MASK_ON False: RDSNet is detectron2's RetinaNet (same parameters, same detections)."""
-    every = ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"]
-    base = _model(RETINANET, every, seed=1)
-    rds = _model(SYN, ["MODEL.MASK_ON", "False", *table_opts(4, "baseline"), *every], seed=2)
-    assert isinstance(rds, RDSNet) and not isinstance(rds.head, RDSNetHead)
-    rds.load_state_dict(base.state_dict(), strict=True)
-    base.eval()
-    rds.eval()
-    images = _images(synthetic_batch(2, empty=()))
-    with torch.no_grad():
-        a, b = base(images), rds(images)
-    for x, y in zip(a, b):
-        assert len(x["instances"]) > 0
-        torch.testing.assert_close(x["instances"].pred_boxes.tensor, y["instances"].pred_boxes.tensor, rtol=0, atol=0)
-
-
-def test_masks_on_detections_are_retinanets_with_the_same_weights():
-    """With masks, RDSNet re-implements RetinaNet's inference to carry each detection's representation
-    (``detections_with_reps``): on RetinaNet's weights (the representation tower and pixel stream on top), with the
-    per-level top-k (20 here) and the detections-per-image cap (15) both binding, its boxes, scores and classes are
-    RetinaNet's."""
+@pytest.mark.parametrize("mask_on", [False, True])
+def test_detections_are_retinanets_with_the_same_weights(mask_on):
+    """MODEL.MASK_ON False: RDSNet is detectron2's RetinaNet (same parameters, same detections). With masks, RDSNet
+    re-implements RetinaNet's inference to carry each detection's representation (``detections_with_reps``): on
+    RetinaNet's weights (the representation tower and pixel stream on top), with the per-level top-k (20 here) and the
+    detections-per-image cap (15) both binding, its boxes, scores and classes are RetinaNet's."""
     every = ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", "MODEL.RETINANET.TOPK_CANDIDATES_TEST", "20"]
     every += ["TEST.DETECTIONS_PER_IMAGE", "15"]
     base = _model(RETINANET, every, seed=1)
-    rds = _model(SYN, every, seed=2)
-    missing, unexpected = rds.load_state_dict(base.state_dict(), strict=False)
+    rds = _model(SYN, ["MODEL.MASK_ON", str(mask_on), *table_opts(4, "baseline"), *every], seed=2)
+    assert isinstance(rds, RDSNet) and isinstance(rds.head, RDSNetHead) == mask_on
+    missing, unexpected = rds.load_state_dict(base.state_dict(), strict=not mask_on)
     assert not unexpected and all(k.startswith(("head.rep_", "pixel_stream.")) for k in missing)
-    base.eval()
-    rds.eval()
-    images = _images(synthetic_batch(2, empty=()))
-    with torch.no_grad():
-        a, b = base(images), rds(images)
-    for x, y in zip(a, b):
-        x, y = x["instances"], y["instances"]
-        assert len(x) == 15 and y.pred_masks.shape[0] == 15
+    for x, y in predict_alike(base, rds):
+        assert len(x) == 15 and (y.pred_masks.shape[0] == 15 if mask_on else not y.has("pred_masks"))
         torch.testing.assert_close(x.pred_boxes.tensor, y.pred_boxes.tensor, rtol=0, atol=0)
         torch.testing.assert_close(x.scores, y.scores, rtol=0, atol=0)
         assert torch.equal(x.pred_classes, y.pred_classes)
