@@ -279,15 +279,16 @@ def test_leaderboard_end_to_end_on_two_entries_and_reuse(tmp_path, datasets_dir,
     assert "| rdsnet | failed: RuntimeError: training exited with 1" in (out / "leaderboard.md").read_text()
 
 
-def test_leaderboard_stamp_follows_the_code_not_the_commit(tmp_path, monkeypatch):
-    """A checkpoint's stamp changes when the code it ran changes (committed or not), and not when a commit touches
-    only tests, tools or the README, so that trained entries carry over such commits."""
+def test_leaderboard_stamp_follows_the_code_the_entry_runs_not_the_commit(tmp_path, monkeypatch):
+    """A checkpoint's stamp changes when the code it ran changes (the shared package or its own method's, committed or
+    not) or its config does, and not when a commit touches only tests, the README, another method's package or another
+    method's config keys, so that trained entries carry over such commits."""
     import subprocess
 
     from tools import leaderboard
 
     repo = tmp_path / "repo"
-    for path in ("instseg/a.py", "rdsnet/b.py", "tests/t.py", "README.md"):
+    for path in ("instseg/a.py", "rdsnet/b.py", "casnet/c.py", "tests/t.py", "README.md"):
         (repo / path).parent.mkdir(parents=True, exist_ok=True)
         (repo / path).write_text("x = 1\n")
 
@@ -299,19 +300,33 @@ def test_leaderboard_stamp_follows_the_code_not_the_commit(tmp_path, monkeypatch
     git("init", "-q")
     git("add", "-A")
     git("commit", "-qm", "one")
+    rds_cfg = leaderboard.entry_cfg("configs/RDSNet/rdsnet_R_18_FPN_synthetic.yaml", [])
+    base_cfg = leaderboard.entry_cfg("configs/Baselines/mask_rcnn_R_18_FPN_synthetic.yaml", [])
     monkeypatch.setattr(leaderboard, "ROOT", str(repo))
-    first = leaderboard.code_sha()
-    for path in ("tests/t.py", "README.md"):
+
+    def stamps():
+        return (
+            leaderboard.stamp_of(rds_cfg, "configs/RDSNet/rdsnet_R_18_FPN_synthetic.yaml"),
+            leaderboard.stamp_of(base_cfg, "configs/Baselines/mask_rcnn_R_18_FPN_synthetic.yaml"),
+        )
+
+    rds, base = stamps()
+    for path in ("tests/t.py", "README.md", "casnet/c.py"):
         (repo / path).write_text("x = 2\n")
-    git("commit", "-qam", "tests and README only")
-    assert leaderboard.code_sha() == first
+    git("commit", "-qam", "tests, README and another method")
+    base_cfg.defrost()
+    base_cfg.MODEL.CASNET.ALPHA = 0.5  # another method's key
+    assert stamps() == (rds, base)
     (repo / "rdsnet/b.py").write_text("x = 2\n")
-    uncommitted = leaderboard.code_sha()
-    assert uncommitted != first
-    git("commit", "-qam", "code")
-    assert leaderboard.code_sha() not in (first, uncommitted)
+    rds2, base2 = stamps()
+    assert rds2["code_sha"] != rds["code_sha"] and base2 == base  # uncommitted, its own package only
+    git("commit", "-qam", "rdsnet")
+    assert stamps() == (rds2, base)
     (repo / "instseg/a.py").write_text("x = 3\n")
-    assert leaderboard.code_sha() != uncommitted
+    rds3, base3 = stamps()
+    assert rds3["code_sha"] != rds2["code_sha"] and base3["code_sha"] != base["code_sha"]  # shared code: both
+    base_cfg.SOLVER.MAX_ITER = 7
+    assert stamps()[1]["config_sha"] != base3["config_sha"]
 
 
 def test_leaderboard_gallery_picks_huddled_ring_and_bar_images():

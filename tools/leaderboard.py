@@ -8,13 +8,13 @@
 
 Per entry: train (``train_net.py`` in a subprocess, a progress line per logged iteration) unless
 ``<output>/<entry>/model_final.pth`` exists with a stamp of the same config (after overrides) and code
-(``CODE_PATHS``; ``--retrain`` forces); then, in this process, evaluate on ``synthetic_instances_val`` (box and mask
-AP, AP50, AP75, APs, per-class mask AP of the thin ``bar`` and the holed ``ring``, and DSG's huddled-instance mask AP:
-the images where some instance has a box IoU > T_O = 0.3 with another (T_P = 0), AP as the mean over those instances,
-Appendix 6.1) and, for panoptic models, PQ on their panoptic split. Inference time at 256 x 256 and at 800 x 1333
-(trained weights, one thread, every model in turns in one run: ``tools/benchmark_inference.py``) as ratios to Mask
-R-CNN, the parameters that run at inference, the training time from the log. An entry that fails is reported as
-failed; the others still are.
+(``SHARED_CODE`` and its method's package; ``--retrain`` forces); then, in this process, evaluate on
+``synthetic_instances_val`` (box and mask AP, AP50, AP75, APs, per-class mask AP of the thin ``bar`` and the holed
+``ring``, and DSG's huddled-instance mask AP: the images where some instance has a box IoU > T_O = 0.3 with another
+(T_P = 0), AP as the mean over those instances, Appendix 6.1) and, for panoptic models, PQ on their panoptic split.
+Inference time at 256 x 256 and at 800 x 1333 (trained weights, one thread, every model in turns in one run:
+``tools/benchmark_inference.py``) as ratios to Mask R-CNN, the parameters that run at inference, the training time
+from the log. An entry that fails is reported as failed; the others still are.
 
 Writes ``leaderboard.json``, ``leaderboard.md``, ``leaderboard.png`` (mask AP against the 800 x 1333 time ratio) and
 ``gallery.png`` (4 validation images chosen for huddled instances, a ring and bars; ground truth and one column per
@@ -104,22 +104,44 @@ def commit():
     return _git("rev-parse", "HEAD").strip()
 
 
-# what a trained model depends on besides its config: the shared package, the ops, the training script, and the
-# method packages (every one: a config of one method may use another's registered parts). Tests, tools, README and
-# the leaderboard itself are left out, so that committing them keeps the trained checkpoints.
-CODE_PATHS = ("instseg", "csrc", "train_net.py", "setup.py", "maskpoint", "maskplus", "dsg", "rdsnet", "casnet")
+# what a trained model depends on besides its config: the shared package, the ops, the training script, and its own
+# method package (the method packages import none of each other). Tests, tools, README, the other methods and the
+# leaderboard itself are left out, so that committing them keeps the trained checkpoints.
+SHARED_CODE = ("instseg", "csrc", "train_net.py", "setup.py")
+# each method package and its node under MODEL, by the configs/ folder of its configs (Baselines: none)
+METHODS = {
+    "MaskPoint": ("maskpoint", "MASK_POINT"),
+    "MaskPlus": ("maskplus", "MASKPLUS"),
+    "DSG": ("dsg", "DSG"),
+    "RDSNet": ("rdsnet", "RDSNET"),
+    "CASNet": ("casnet", "CASNET"),
+}
 
 
-def code_sha():
-    """The content of CODE_PATHS as committed (git's tree hashes) plus their uncommitted changes."""
-    paths = [p for p in CODE_PATHS if os.path.exists(os.path.join(ROOT, p))]
-    trees = _git("rev-parse", *[f"HEAD:{p}" for p in paths])
-    return hashlib.sha1((trees + _git("diff", "HEAD", "--", *paths)).encode()).hexdigest()
+def code_sha(paths=SHARED_CODE):
+    """A hash of the content on disk of the files git knows (or would: untracked, not ignored) under ``paths``: the
+    same code gives the same hash, committed or not."""
+    listed = _git("ls-files", "--cached", "--others", "--exclude-standard", "--", *paths).split("\n")
+    h = hashlib.sha1()
+    for name in sorted(f for f in listed if f):
+        path = os.path.join(ROOT, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                h.update(name.encode() + b"\0" + hashlib.sha1(f.read()).digest())
+    return h.hexdigest()
 
 
 def stamp_of(cfg, config):
-    """What a checkpoint was trained from: the config after overrides and the code it ran (``code_sha``)."""
-    return {"config": config, "config_sha": hashlib.sha1(cfg.dump().encode()).hexdigest(), "code_sha": code_sha()}
+    """What a checkpoint was trained from: the config after overrides, without the other methods' MODEL nodes (their
+    keys do not reach this model), and the code it ran: ``SHARED_CODE`` and its own method package."""
+    own = METHODS.get(config.split("/")[1]) if config.startswith("configs/") else None
+    cfg = cfg.clone()
+    cfg.defrost()
+    for package, node in METHODS.values():
+        if (package, node) != own and node in cfg.MODEL:
+            del cfg.MODEL[node]
+    paths = SHARED_CODE + ((own[0],) if own else ())
+    return {"config": config, "config_sha": hashlib.sha1(cfg.dump().encode()).hexdigest(), "code_sha": code_sha(paths)}
 
 
 # --------------------------------------------------------------------------------------------------------------------
