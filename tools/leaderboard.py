@@ -108,14 +108,21 @@ def commit():
 # method package (the method packages import none of each other). Tests, tools, README, the other methods and the
 # leaderboard itself are left out, so that committing them keeps the trained checkpoints.
 SHARED_CODE = ("instseg", "csrc", "train_net.py", "setup.py")
-# each method package and its node under MODEL, by the configs/ folder of its configs (Baselines: none)
-METHODS = {
-    "MaskPoint": ("maskpoint", "MASK_POINT"),
-    "MaskPlus": ("maskplus", "MASKPLUS"),
-    "DSG": ("dsg", "DSG"),
-    "RDSNet": ("rdsnet", "RDSNET"),
-    "CASNet": ("casnet", "CASNET"),
-}
+
+
+def method_nodes():
+    """{method package: the MODEL nodes its ``add_<method>_config`` adds}, read off the registered functions. A
+    config under ``configs/<Folder>/`` belongs to the package ``<folder>`` (lower case; ``Baselines``: none)."""
+    from detectron2.config import CfgNode as CN
+
+    from instseg.config import method_config_functions
+
+    nodes = {}
+    for fn in method_config_functions():
+        blank = CN({"MODEL": CN()})
+        fn(blank)
+        nodes[fn.__module__.split(".")[0]] = tuple(blank.MODEL.keys())
+    return nodes
 
 
 def code_sha(paths=SHARED_CODE):
@@ -134,13 +141,15 @@ def code_sha(paths=SHARED_CODE):
 def stamp_of(cfg, config):
     """What a checkpoint was trained from: the config after overrides, without the other methods' MODEL nodes (their
     keys do not reach this model), and the code it ran: ``SHARED_CODE`` and its own method package."""
-    own = METHODS.get(config.split("/")[1]) if config.startswith("configs/") else None
+    nodes = method_nodes()
+    folder = config.split("/")[1].lower() if config.startswith("configs/") else ""
+    own = folder if folder in nodes else None
     cfg = cfg.clone()
     cfg.defrost()
-    for package, node in METHODS.values():
-        if (package, node) != own and node in cfg.MODEL:
-            del cfg.MODEL[node]
-    paths = SHARED_CODE + ((own[0],) if own else ())
+    for package, keys in nodes.items():
+        for key in keys if package != own else ():
+            cfg.MODEL.pop(key, None)
+    paths = SHARED_CODE + ((own,) if own else ())
     return {"config": config, "config_sha": hashlib.sha1(cfg.dump().encode()).hexdigest(), "code_sha": code_sha(paths)}
 
 

@@ -140,7 +140,8 @@ def upsample_instance_ids(
         return first, last, coords / max(n_grid - 1, 1) * 2 - 1  # grid_sample's [-1, 1], align_corners=True
 
     for k, c in enumerate(instance_classes.tolist()):
-        cells = (ids == k).nonzero()
+        own = ids == k
+        cells = own.nonzero()
         if len(cells) == 0:
             continue
         (i0, j0), (i1, j1) = cells.min(dim=0).values.tolist(), cells.max(dim=0).values.tolist()
@@ -150,7 +151,7 @@ def upsample_instance_ids(
             continue
         grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), dim=-1)[None]
         value = F.grid_sample(
-            (ids == k).float()[None, None], grid, mode="bilinear", padding_mode="border", align_corners=True
+            own.float()[None, None], grid, mode="bilinear", padding_mode="border", align_corners=True
         )[0, 0]
         region_best, region_out = best[y0:y1, x0:x1], out[y0:y1, x0:x1]
         take = (value > region_best) & (pixel_classes[y0:y1, x0:x1] == c)

@@ -3,8 +3,9 @@
 An HRNet backbone (``build_timm_hrnet_backbone``), HRNetV2 fusion to the output stride s (``OUTPUT_STRIDE``), and three
 FCN heads at s: semantic (the K thing classes + background), common attributes (l, t, r, b, divided by s, ReLU: the
 distances are non-negative) and box probability (one channel per thing class). Losses (Eq. 1-4): cross entropy,
-L1 over the thing pixels (mean over their 4 distances), binary cross entropy over every pixel and class (mean; Eq. 3's
-weights w_n = 1), weighted by ALPHA, BETA, GAMMA. The targets come from the instance masks (``casnet.layers.targets``:
+L1 over the thing pixels (mean over their 4 distances), binary cross entropy over every pixel and class (Eq. 3's
+weights w_n: centre pixels and the rest half each, ``PROB_BALANCED``; or the plain mean), weighted by ALPHA, BETA,
+GAMMA. The targets come from the instance masks (``casnet.layers.targets``:
 things over background, so any detectron2 instance dataset trains it); pixels of the padding are ignored.
 
 Inference: ``casnet_postprocess`` on the image's region of the maps; ``sem_seg`` (the semantic logits resized to the
