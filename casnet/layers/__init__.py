@@ -3,7 +3,7 @@ and the training targets (Sec. III-A/B)."""
 
 from .iou_vote import iou_vote, iou_vote_numpy, iou_vote_reference
 from .losses import box_probability_loss
-from .postprocess import SCORE_MODES, casnet_postprocess, mask_boxes, pixel_boxes, upsample_instance_ids
+from .postprocess import SCORE_MODES, casnet_postprocess, instance_boxes, pixel_boxes, upsample_instance_ids
 from .targets import attribute_targets, centre_targets, labels_at_stride, pixel_owners, semantic_from_instances
 
 __all__ = [
@@ -16,7 +16,7 @@ __all__ = [
     "iou_vote_numpy",
     "iou_vote_reference",
     "labels_at_stride",
-    "mask_boxes",
+    "instance_boxes",
     "pixel_boxes",
     "pixel_owners",
     "semantic_from_instances",

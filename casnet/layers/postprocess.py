@@ -10,17 +10,15 @@ one image's output stride to non-overlapping instances.
    best IoU is not above ``min_iou``, joins no instance;
 4. seeds without support are dropped; each remaining seed is an instance: its pixels (at most one instance per
    pixel: no overlap, no hole between instances), its seed box, its class (``upsample_instance_ids`` carries the
-   instances to the output resolution, ``mask_boxes`` gives their final boxes).
+   instances to the output resolution, ``instance_boxes`` gives their final boxes).
 
 Scores (the paper is silent; ``score_mode``): ``seed_x_semantic`` (default) = the seed's centre probability x the mean
 semantic probability of the instance's class over its pixels; ``seed`` = the seed's probability alone.
 """
 
-import math
 from typing import Dict, Sequence
 
 import torch
-from torch.nn import functional as F
 from torchvision.ops import batched_nms
 
 from .iou_vote import iou_vote
@@ -128,49 +126,48 @@ def upsample_instance_ids(
     """
     h, w = ids.shape
     H, W = pixel_classes.shape
-    out = torch.full((H, W), -1, dtype=torch.int64, device=ids.device)
-    best = torch.zeros((H, W), dtype=torch.float32, device=ids.device)
-    sy, sx = image_size[0] / H, image_size[1] / W  # input pixels per output pixel
+    dev = ids.device
 
-    def span(lo, hi, n_out, scale, n_grid):
-        """Output pixels whose centre lies within the grid cells lo - 1 .. hi + 1, and their grid coordinates."""
-        first = max(math.floor(((lo - 0.5) * stride) / scale - 0.5), 0)
-        last = min(math.ceil(((hi + 1.5) * stride) / scale - 0.5) + 1, n_out)
-        coords = (torch.arange(first, last, device=ids.device, dtype=torch.float32) + 0.5) * scale / stride - 0.5
-        return first, last, coords / max(n_grid - 1, 1) * 2 - 1  # grid_sample's [-1, 1], align_corners=True
+    def axis(n_out, n_in, n_grid):
+        """Each output pixel's position on the stride grid (cell centres at integers; clamped at the border, as
+        bilinear sampling with border padding reads it): its two neighbouring cells and the weight of the second."""
+        pos = (torch.arange(n_out, device=dev, dtype=torch.float64) + 0.5) * (n_in / n_out) / stride - 0.5
+        pos = pos.clamp(0, n_grid - 1)
+        lo = pos.floor().long()
+        return lo, (lo + 1).clamp(max=n_grid - 1), (pos - lo).float()
 
-    for k, c in enumerate(instance_classes.tolist()):
-        own = ids == k
-        cells = own.nonzero()
-        if len(cells) == 0:
-            continue
-        (i0, j0), (i1, j1) = cells.min(dim=0).values.tolist(), cells.max(dim=0).values.tolist()
-        y0, y1, gy = span(i0, i1, H, sy, h)
-        x0, x1, gx = span(j0, j1, W, sx, w)
-        if y1 <= y0 or x1 <= x0:
-            continue
-        grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), dim=-1)[None]
-        value = F.grid_sample(
-            own.float()[None, None], grid, mode="bilinear", padding_mode="border", align_corners=True
-        )[0, 0]
-        region_best, region_out = best[y0:y1, x0:x1], out[y0:y1, x0:x1]
-        take = (value > region_best) & (pixel_classes[y0:y1, x0:x1] == c)
-        region_best[take] = value[take]
-        region_out[take] = k
+    y0, y1, fy = axis(H, image_size[0], h)
+    x0, x1, fx = axis(W, image_size[1], w)
+    # an instance's indicator is 0 at a pixel unless it owns one of the pixel's four neighbouring cells: only those
+    # four are candidates, each valued by the summed bilinear weight of the neighbours it owns (one pass, whatever
+    # the number or the spread of the instances)
+    rows0, rows1 = ids[y0], ids[y1]
+    cand = [rows0[:, x0], rows0[:, x1], rows1[:, x0], rows1[:, x1]]
+    wy, wx = fy[:, None], fx[None, :]
+    weight = [(1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx]
+    cls = torch.cat([instance_classes.to(dev), torch.tensor([-2], device=dev)])  # id -1 reads the last: no class
+    out = torch.full((H, W), -1, dtype=torch.int64, device=dev)
+    best = torch.zeros((H, W), dtype=torch.float32, device=dev)
+    for k in cand:
+        value = sum(torch.where(other == k, wt, 0.0) for other, wt in zip(cand, weight))
+        take = (k >= 0) & (value > 0) & (cls[k] == pixel_classes) & ((value > best) | ((value == best) & (k < out)))
+        best = torch.where(take, value, best)
+        out = torch.where(take, k, out)
     return out
 
 
-def mask_boxes(masks: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
-    """(n, 4) XYXY: the tight box of each (n, H, W) mask, in pixels (x2, y2 exclusive); ``fallback``'s row where a mask
-    is empty. The paper calibrates each instance "by the final actual pixel range" (Sec. I)."""
-    any_x, any_y = masks.any(dim=1), masks.any(dim=2)  # (n, W), (n, H)
-    W, H = masks.shape[2], masks.shape[1]
-    xs = torch.arange(W, device=masks.device)
-    ys = torch.arange(H, device=masks.device)
-    x1 = torch.where(any_x, xs, W).min(dim=1).values
-    x2 = torch.where(any_x, xs + 1, 0).max(dim=1).values
-    y1 = torch.where(any_y, ys, H).min(dim=1).values
-    y2 = torch.where(any_y, ys + 1, 0).max(dim=1).values
-    boxes = torch.stack([x1, y1, x2, y2], dim=1).to(fallback.dtype)
-    empty = ~any_x.any(dim=1)
-    return torch.where(empty[:, None], fallback, boxes)
+def instance_boxes(ids: torch.Tensor, n: int, fallback: torch.Tensor) -> torch.Tensor:
+    """(n, 4) XYXY: the tight box of each instance's pixels in the (H, W) id map (-1: none), in pixels (x2, y2
+    exclusive); ``fallback``'s row for an instance without pixels. The paper calibrates each instance "by the final
+    actual pixel range" (Sec. I). One pass over the map, however many instances."""
+    H, W = ids.shape
+    ys, xs = (ids >= 0).nonzero(as_tuple=True)
+    k = ids[ys, xs]
+
+    def reduce(values, init, how):
+        return torch.full((n,), init, dtype=torch.int64, device=ids.device).scatter_reduce(0, k, values, how)
+
+    x1, y1 = reduce(xs, W, "amin"), reduce(ys, H, "amin")
+    boxes = torch.stack([x1, y1, reduce(xs + 1, 0, "amax"), reduce(ys + 1, 0, "amax")], dim=1)
+    empty = torch.bincount(k, minlength=n) == 0
+    return torch.where(empty[:, None], fallback, boxes.to(fallback.dtype))

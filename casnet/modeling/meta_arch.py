@@ -52,8 +52,8 @@ from ..layers import (
     box_probability_loss,
     casnet_postprocess,
     centre_targets,
+    instance_boxes,
     labels_at_stride,
-    mask_boxes,
     pixel_owners,
     semantic_from_instances,
     upsample_instance_ids,
@@ -399,7 +399,7 @@ class CASNet(nn.Module):
         seed_boxes = Boxes(out["boxes"] * s * scale)
         seed_boxes.clip(out_size)
         # each instance "calibrated by the final actual pixel range" (Sec. I): its mask's box (its seed's if empty)
-        inst.pred_boxes = Boxes(mask_boxes(inst.pred_masks, seed_boxes.tensor))
+        inst.pred_boxes = Boxes(instance_boxes(ids_out, n, seed_boxes.tensor))
         inst.scores = out["scores"]
         classes = out["classes"]  # thing index; panoptic mode: the semantic id (detectron2's panoptic convention)
         inst.pred_classes = (
@@ -412,31 +412,26 @@ class CASNet(nn.Module):
 
     def combine(self, ids: torch.Tensor, inst: Instances, sem_labels: torch.Tensor):
         """detectron2's ``panoptic_seg``: ((H, W) int32 segment ids, 0 void; segments_info). The instances first (they
-        do not overlap), then on the free pixels each stuff class of the semantic map with at least ``stuff_area``
-        pixels."""
-        pan = torch.zeros_like(ids, dtype=torch.int32)
-        segments = []
+        do not overlap; one without pixels gets no segment), then on the free pixels each stuff class of the semantic
+        map with at least ``stuff_area`` pixels. Segment ids count from 1 in that order; one pass over the map."""
+        on = ids >= 0
+        n = len(inst)
+        present = torch.bincount(ids[on], minlength=n) > 0
+        seg_of = torch.cumsum(present, 0) * present  # each instance's segment id (0: none); id -1 reads a last 0
+        seg_of = torch.cat([seg_of, seg_of.new_zeros(1)])
         classes, scores = inst.pred_classes.tolist(), inst.scores.detach().tolist()
-        for k in range(len(inst)):  # score order
-            m = ids == k
-            if not bool(m.any()):
-                continue
-            pan[m] = len(segments) + 1
-            segments.append(
-                {
-                    "id": len(segments) + 1,
-                    "isthing": True,
-                    "category_id": classes[k],
-                    "score": scores[k],
-                    "instance_id": k,
-                }
-            )
-        free = ids < 0
+        segments = [
+            {"id": int(seg_of[k]), "isthing": True, "category_id": classes[k], "score": scores[k], "instance_id": k}
+            for k in present.nonzero().flatten().tolist()
+        ]
+        free = ~on
+        stuff_area = torch.bincount(sem_labels[free], minlength=self.num_sem).tolist()
+        seg_of_label = torch.zeros(len(stuff_area), dtype=torch.int64, device=ids.device)
         for c in self.stuff_ids:
-            m = free & (sem_labels == c)
-            area = int(m.sum())
+            area = stuff_area[c]
             if area == 0 or area < self.stuff_area:
                 continue
-            pan[m] = len(segments) + 1
+            seg_of_label[c] = len(segments) + 1
             segments.append({"id": len(segments) + 1, "isthing": False, "category_id": c, "area": area})
-        return pan, segments
+        pan = torch.where(on, seg_of[ids], seg_of_label[sem_labels] * free)
+        return pan.to(torch.int32), segments

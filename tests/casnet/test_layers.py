@@ -10,7 +10,7 @@ from casnet.layers import (
     attribute_targets,
     casnet_postprocess,
     centre_targets,
-    mask_boxes,
+    instance_boxes,
     pixel_boxes,
     pixel_owners,
     semantic_from_instances,
@@ -196,7 +196,7 @@ def test_instance_ids_are_upsampled_bilinearly_between_the_stride_pixel_centres(
     want = torch.full((16, 20), -1)
     want[4:12, 4:12] = _grid(["00001111", "00001111", "00001111", "00011111"] + ["11111111"] * 4)
     assert torch.equal(out, want)
-    boxes = mask_boxes(torch.stack([out == 0, out == 1, out == 2]), torch.tensor([[0.0, 0, 1, 1]] * 3))
+    boxes = instance_boxes(out, 3, torch.tensor([[0.0, 0, 1, 1]] * 3))
     assert boxes.tolist() == [[4, 4, 8, 8], [4, 4, 12, 12], [0, 0, 1, 1]]  # the empty mask keeps its fallback
     classes[4:8, 8:12] = classes[8:12, 4:12] = 8  # instance 1's cells are class 8
     out = upsample_instance_ids(ids, torch.tensor([7, 8]), classes, (16, 20), 4)
@@ -217,6 +217,40 @@ def test_instance_ids_upsampled_to_another_output_size_and_ties_go_to_the_lower_
     assert torch.equal(big, torch.tensor([[0] * 8 + [1] * 8] * 8 + [[2] * 8 + [3] * 8] * 8))
     tie = upsample_instance_ids(_grid(["01"]), one[:2], torch.ones(1, 7, dtype=torch.int64), (4, 8), 4)
     assert tie.tolist() == [[0, 0, 0, 0, 1, 1, 1]]
+
+
+@pytest.mark.parametrize("out_size, image_size", [((40, 52), (40, 52)), ((23, 61), (40, 52)), ((97, 75), (38, 49))])
+def test_instance_ids_upsampled_as_each_instance_indicator_sampled_bilinearly(out_size, image_size):
+    """The one-pass up-sampling against its definition on random maps: each instance's indicator map sampled by
+    torch's grid_sample (bilinear, border padding) at every output pixel's position on the stride grid; each pixel
+    takes, among the instances of its class with a positive value, the highest (ties, up to rounding: the lower id)."""
+    g = torch.Generator().manual_seed(0)
+    stride, n = 4, 9
+    h, w = math.ceil(image_size[0] / stride), math.ceil(image_size[1] / stride)
+    ids = torch.randint(-1, n, (h, w), generator=g)
+    inst_classes = torch.randint(0, 3, (n,), generator=g)
+    pixel_classes = torch.randint(-1, 3, out_size, generator=g)
+    out = upsample_instance_ids(ids, inst_classes, pixel_classes, image_size, stride)
+
+    def grid(n_out, n_in, n_grid):  # output pixel centres on the cell grid, in grid_sample's [-1, 1] (align_corners)
+        return ((torch.arange(n_out) + 0.5) * n_in / n_out / stride - 0.5) / (n_grid - 1) * 2 - 1
+
+    gy, gx = grid(out_size[0], image_size[0], h), grid(out_size[1], image_size[1], w)
+    xy = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), dim=-1)[None]
+    value = torch.stack(
+        [
+            torch.nn.functional.grid_sample(
+                (ids == k).float()[None, None], xy, mode="bilinear", padding_mode="border", align_corners=True
+            )[0, 0]
+            for k in range(n)
+        ]
+    )
+    value[inst_classes[:, None, None] != pixel_classes[None]] = 0
+    best = value.max(dim=0).values
+    near = value >= best - 1e-6  # equal up to the two computations' rounding: the lowest such id
+    want = torch.where(near, torch.arange(n)[:, None, None], n).min(dim=0).values
+    want[best <= 0] = -1
+    assert torch.equal(out, want) and (out >= 0).float().mean() > 0.2
 
 
 def test_eq3_box_probability_loss_weights_positives_and_negatives_half_each():

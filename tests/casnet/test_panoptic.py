@@ -224,24 +224,26 @@ def test_sec3c_cityscapes_ids_things_are_train_ids_11_to_18(pan_cfg):
 
 def test_sec3c_combine_things_first_then_stuff_above_the_area():
     """The combiner on hand-built maps: instances take their pixels first; each stuff class of the free pixels is a
-    segment when it has at least STUFF_AREA pixels; free pixels of thing classes and smaller stuff are void."""
+    segment when it has at least STUFF_AREA pixels; free pixels of thing classes and smaller stuff are void. An
+    instance without pixels (the second by score) gets no segment; segment ids run 1, 2, ... in that order."""
     from detectron2.structures import Instances
 
     model = _model_no_data()
     ids = torch.full((6, 6), -1)
-    ids[0:2, 0:2] = 1  # instance 1 (second by score)
+    ids[0:2, 0:2] = 2  # instance 2 (third by score; instance 1 has no pixels)
     ids[4:6, 4:6] = 0
     sem = torch.full((6, 6), 5)
-    sem[0:3, 0:3] = 2  # thing class: (0..1, 0..1) is instance 1's, the rest of the 3 x 3 free -> void
+    sem[0:3, 0:3] = 2  # thing class: (0..1, 0..1) is instance 2's, the rest of the 3 x 3 free -> void
     sem[3:6, 0:2] = 7  # 6 pixels of stuff 7
     sem[4:6, 4:6] = 6  # under instance 0: instances win
     inst = Instances((6, 6))
-    inst.pred_classes = torch.tensor([3, 2])
-    inst.scores = torch.tensor([0.9, 0.8])
+    inst.pred_classes = torch.tensor([3, 4, 2])
+    inst.scores = torch.tensor([0.9, 0.85, 0.8])
     for area, want_stuff in [(6, {5: 36 - 4 - 4 - 5 - 6, 7: 6}), (7, {5: 17})]:
         model.stuff_area = area
         pan, info = model.combine(ids, inst, sem)
-        assert [(s["category_id"], s["isthing"]) for s in info[:2]] == [(3, True), (2, True)]
+        assert [(s["category_id"], s["isthing"], s["instance_id"]) for s in info[:2]] == [(3, True, 0), (2, True, 2)]
+        assert [s["id"] for s in info] == list(range(1, len(info) + 1)) and pan.dtype == torch.int32
         assert (pan[4:6, 4:6] == info[0]["id"]).all() and (pan[0:2, 0:2] == info[1]["id"]).all()
         assert {s["category_id"]: s["area"] for s in info[2:]} == want_stuff
         assert (pan[(sem == 2) & (ids < 0)] == 0).all() and int((pan == 0).sum()) == 36 - 8 - sum(want_stuff.values())
@@ -252,7 +254,7 @@ def _model_no_data():
     from casnet.modeling import CASNet
 
     model = CASNet.__new__(CASNet)
-    model.stuff_ids, model.stuff_area = [5, 6, 7], 0
+    model.stuff_ids, model.stuff_area, model.num_sem = [5, 6, 7], 0, 8
     return model
 
 
