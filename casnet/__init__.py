@@ -2,7 +2,8 @@
 detectron2 extension.
 
 ``casnet.layers`` (the IoU-vote clustering op, the targets, the post-processing) needs only torch; the detectron2 model
-(``casnet.modeling``: the ``CASNet`` meta-architecture) is imported, and so registered, when detectron2 is installed.
+(``casnet.modeling``: the ``CASNet`` meta-architecture) and its instance-mode dataset mapper (``casnet.data``) are
+imported, and so registered, when detectron2 is installed.
 Importing the package registers ``add_casnet_config``.
 """
 
@@ -16,6 +17,6 @@ from .config import add_casnet_config
 METHOD_CONFIG_REGISTRY.register(add_casnet_config)
 
 if importlib.util.find_spec("detectron2") is not None:
-    from . import modeling  # noqa: F401
+    from . import data, modeling  # noqa: F401
 
 __all__ = ["add_casnet_config"]

@@ -266,7 +266,8 @@ class CASNet(nn.Module):
                         "INPUT.DATASET_MAPPER_NAME PanopticDatasetMapper (a panoptic dataset)"
                     )
                 sems = [x["sem_seg"].to(self.device) for x in batched_inputs]
-            return self.losses(sem, attr, prob, gts, images, sems)
+            crowds = [x.get("crowd_mask") for x in batched_inputs]  # CASNetInstanceMapper's, instance mode
+            return self.losses(sem, attr, prob, gts, images, sems, crowds)
         given = self.given_labels(batched_inputs)
         results = []
         for i, (x, size) in enumerate(zip(batched_inputs, images.image_sizes)):
@@ -276,10 +277,17 @@ class CASNet(nn.Module):
         return results
 
     # ---- training -----------------------------------------------------------------------------------------------
-    def targets(self, gt: Instances, padded, image_size, sem_seg: Optional[torch.Tensor] = None):
+    def targets(
+        self,
+        gt: Instances,
+        padded,
+        image_size,
+        sem_seg: Optional[torch.Tensor] = None,
+        crowd: Optional[torch.Tensor] = None,
+    ):
         """Semantic labels (padding ignored), attributes and their mask, centre targets for one image. The semantic
         labels come from ``sem_seg`` (the dataset's ids, at the input resolution) in panoptic mode, from the instance
-        masks otherwise."""
+        masks otherwise, ignored on the ``crowd`` regions (input resolution, bool) that no instance owns."""
         s, K = self.stride, self.num_things
         h, w = padded[0] // s, padded[1] // s
         masks = gt.gt_masks
@@ -296,6 +304,9 @@ class CASNet(nn.Module):
             labels = self.sem_lut[labels_at_stride(sem_seg.clamp(0, 255), (h, w), s, IGNORE)]
         else:
             labels = semantic_from_instances(owners, gt.gt_classes, background=K)
+            if crowd is not None:
+                in_crowd = labels_at_stride(crowd.to(labels.device).long(), (h, w), s, 0).bool()
+                labels = labels.masked_fill(in_crowd & (owners < 0), IGNORE)
         cy = (torch.arange(h, device=labels.device) + 0.5) * s
         cx = (torch.arange(w, device=labels.device) + 0.5) * s
         padding = (cy[:, None] >= image_size[0]) | (cx[None, :] >= image_size[1])
@@ -307,10 +318,11 @@ class CASNet(nn.Module):
         )
         return labels, dist, valid, centres, ~padding
 
-    def losses(self, sem, attr, prob, gts, images, sems=None):
+    def losses(self, sem, attr, prob, gts, images, sems=None, crowds=None):
         padded = images.tensor.shape[-2:]
         sems = sems or [None] * len(gts)
-        t = [self.targets(gt, padded, size, m) for gt, size, m in zip(gts, images.image_sizes, sems)]
+        crowds = crowds or [None] * len(gts)
+        t = [self.targets(*a) for a in zip(gts, [padded] * len(gts), images.image_sizes, sems, crowds)]
         labels, dist, valid, centres, inside = (torch.stack(x) for x in zip(*t))
         alpha, beta, gamma = self.loss_weights
         loss_sem = F.cross_entropy(sem, labels, ignore_index=IGNORE)  # Eq. 1

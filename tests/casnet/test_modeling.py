@@ -82,6 +82,52 @@ def test_targets_ignore_the_padding_and_follow_the_instances():
     assert centres.shape == (5, 24, 24) and centres.sum() > 0
 
 
+def test_instance_mode_mapper_keeps_crowd_regions_ignored_by_the_semantic_loss(tmp_path):
+    """CASNetInstanceMapper on a hand-built 32 x 48 dict, flipped left-right: the instance (rows 4-11, columns 4-15,
+    class 2) and the crowd polygon (rows 16-27, columns 24-39, iscrowd: dropped by detectron2's mapper) follow the
+    flip; in the targets at stride 4 the crowd's pixels are ignored (255) where no instance owns them, background (5)
+    elsewhere, the instance's class on its own. Without the crowd mask (detectron2's mapper) the crowd is background."""
+    import numpy as np
+    from detectron2.data import transforms as T
+    from PIL import Image
+
+    from casnet.data import CASNetInstanceMapper
+
+    path = tmp_path / "im.png"
+    Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(path)
+    rect = lambda x0, y0, x1, y1: [[x0, y0, x1, y0, x1, y1, x0, y1]]  # noqa: E731
+    d = {
+        "file_name": str(path),
+        "height": 32,
+        "width": 48,
+        "annotations": [
+            {"bbox": [4, 4, 16, 12], "bbox_mode": 0, "category_id": 2, "segmentation": rect(4, 4, 16, 12)},
+            {
+                "bbox": [24, 16, 40, 28],
+                "bbox_mode": 0,
+                "category_id": 0,
+                "iscrowd": 1,
+                "segmentation": rect(24, 16, 40, 28),
+            },
+        ],
+    }
+    mapper = CASNetInstanceMapper(
+        is_train=True, augmentations=[T.RandomFlip(prob=1.0)], image_format="BGR", use_instance_mask=True
+    )
+    out = mapper(d)
+    crowd = out["crowd_mask"]
+    assert crowd.shape == (32, 48) and int(crowd.sum()) == 12 * 16 and bool(crowd[16:28, 8:24].all())
+    inst = out["instances"]
+    assert inst.gt_boxes.tensor.tolist() == [[32.0, 4.0, 44.0, 12.0]] and inst.gt_classes.tolist() == [2]
+    model = seeded_model(SYN)
+    labels = model.targets(inst, (32, 48), (32, 48), None, crowd)[0]
+    want = torch.full((8, 12), 5)
+    want[1:3, 8:11] = 2
+    want[4:7, 2:6] = 255
+    assert torch.equal(labels, want)
+    assert (model.targets(inst, (32, 48), (32, 48))[0][4:7, 2:6] == 5).all()
+
+
 def test_trains_with_images_without_instances_and_predicts_non_overlapping_instances():
     model = seeded_model(SYN)
     model.eval()
