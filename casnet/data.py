@@ -16,9 +16,14 @@ from instseg.data.mappers import DATASET_MAPPER_REGISTRY
 @DATASET_MAPPER_REGISTRY.register()
 class CASNetInstanceMapper(DatasetMapper):
     def _transform_annotations(self, dataset_dict, transforms, image_shape):
-        crowd = [a for a in dataset_dict["annotations"] if a.get("iscrowd", 0) and a.get("segmentation")]
+        # copies: the parent pops "segmentation" without USE_INSTANCE_MASK; a crowd's keypoints are of no use here
+        crowd = [
+            {k: v for k, v in a.items() if k != "keypoints"}
+            for a in dataset_dict["annotations"]
+            if a.get("iscrowd", 0) and a.get("segmentation")
+        ]
         super()._transform_annotations(dataset_dict, transforms, image_shape)
         if crowd:
-            annos = [utils.transform_instance_annotations(dict(a), transforms, image_shape) for a in crowd]
+            annos = [utils.transform_instance_annotations(a, transforms, image_shape) for a in crowd]
             masks = utils.annotations_to_instances(annos, image_shape, mask_format="bitmask").gt_masks.tensor
             dataset_dict["crowd_mask"] = masks.any(dim=0)

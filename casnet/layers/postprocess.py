@@ -150,7 +150,8 @@ def upsample_instance_ids(
     best = torch.zeros((H, W), dtype=torch.float32, device=dev)
     for k in cand:
         value = sum(torch.where(other == k, wt, 0.0) for other, wt in zip(cand, weight))
-        take = (k >= 0) & (value > 0) & (cls[k] == pixel_classes) & ((value > best) | ((value == best) & (k < out)))
+        higher = (value > best + 1e-6) | ((value >= best - 1e-6) & (k < out))  # equal up to rounding: the lower id
+        take = (k >= 0) & (value > 0) & (cls[k] == pixel_classes) & higher
         best = torch.where(take, value, best)
         out = torch.where(take, k, out)
     return out

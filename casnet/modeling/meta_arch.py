@@ -305,7 +305,7 @@ class CASNet(nn.Module):
         else:
             labels = semantic_from_instances(owners, gt.gt_classes, background=K)
             if crowd is not None:
-                in_crowd = labels_at_stride(crowd.to(labels.device).long(), (h, w), s, 0).bool()
+                in_crowd = labels_at_stride(crowd.to(labels.device), (h, w), s, 0).bool()
                 labels = labels.masked_fill(in_crowd & (owners < 0), IGNORE)
         cy = (torch.arange(h, device=labels.device) + 0.5) * s
         cx = (torch.arange(w, device=labels.device) + 0.5) * s
@@ -432,12 +432,14 @@ class CASNet(nn.Module):
         seg_of = torch.cumsum(present, 0) * present  # each instance's segment id (0: none); id -1 reads a last 0
         seg_of = torch.cat([seg_of, seg_of.new_zeros(1)])
         classes, scores = inst.pred_classes.tolist(), inst.scores.detach().tolist()
+        seg_ids = seg_of.tolist()
         segments = [
-            {"id": int(seg_of[k]), "isthing": True, "category_id": classes[k], "score": scores[k], "instance_id": k}
+            {"id": seg_ids[k], "isthing": True, "category_id": classes[k], "score": scores[k], "instance_id": k}
             for k in present.nonzero().flatten().tolist()
         ]
         free = ~on
-        stuff_area = torch.bincount(sem_labels[free], minlength=self.num_sem).tolist()
+        free_labels = sem_labels[free]
+        stuff_area = torch.bincount(free_labels, minlength=self.num_sem).tolist()
         seg_of_label = torch.zeros(len(stuff_area), dtype=torch.int64, device=ids.device)
         for c in self.stuff_ids:
             area = stuff_area[c]
@@ -445,5 +447,6 @@ class CASNet(nn.Module):
                 continue
             seg_of_label[c] = len(segments) + 1
             segments.append({"id": len(segments) + 1, "isthing": False, "category_id": c, "area": area})
-        pan = torch.where(on, seg_of[ids], seg_of_label[sem_labels] * free)
+        pan = seg_of[ids]  # the instances; 0 on the free pixels
+        pan[free] = seg_of_label[free_labels]
         return pan.to(torch.int32), segments

@@ -82,12 +82,16 @@ def test_targets_ignore_the_padding_and_follow_the_instances():
     assert centres.shape == (5, 24, 24) and centres.sum() > 0
 
 
-def test_instance_mode_mapper_keeps_crowd_regions_ignored_by_the_semantic_loss(tmp_path):
-    """CASNetInstanceMapper on a hand-built 32 x 48 dict, flipped left-right: the instance (rows 4-11, columns 4-15,
-    class 2) and the crowd polygon (rows 16-27, columns 24-39, iscrowd: dropped by detectron2's mapper) follow the
-    flip; in the targets at stride 4 the crowd's pixels are ignored (255) where no instance owns them, background (5)
-    elsewhere, the instance's class on its own. Without the crowd mask (detectron2's mapper) the crowd is background."""
+@pytest.mark.parametrize("crowd_format", ["polygon", "rle"])
+def test_instance_mode_mapper_keeps_crowd_regions_ignored_by_the_semantic_loss(tmp_path, crowd_format):
+    """CASNetInstanceMapper on a hand-built 32 x 48 dict, flipped left-right: instance A (rows 4-11, columns 4-15,
+    class 2), instance B (rows 16-23, columns 24-31, class 1) and a crowd (rows 16-27, columns 24-39, iscrowd: dropped
+    by detectron2's mapper; a polygon as Cityscapes' groups, or RLE as COCO's crowds) follow the flip. In the targets
+    at stride 4 the crowd's pixels are ignored (255) where no instance owns them, B's class where B does, background
+    (5) elsewhere. Without the crowd mask (as detectron2's mapper gives) the crowd is background; through the model's
+    forward the mask changes the semantic loss. Doubled in size (a resize), the crowd mask doubles."""
     import numpy as np
+    import pycocotools.mask as mask_util
     from detectron2.data import transforms as T
     from PIL import Image
 
@@ -96,36 +100,48 @@ def test_instance_mode_mapper_keeps_crowd_regions_ignored_by_the_semantic_loss(t
     path = tmp_path / "im.png"
     Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(path)
     rect = lambda x0, y0, x1, y1: [[x0, y0, x1, y0, x1, y1, x0, y1]]  # noqa: E731
+    crowd_seg = rect(24, 16, 40, 28)
+    if crowd_format == "rle":
+        m = np.zeros((32, 48), np.uint8, order="F")
+        m[16:28, 24:40] = 1
+        crowd_seg = mask_util.encode(m)
     d = {
         "file_name": str(path),
         "height": 32,
         "width": 48,
         "annotations": [
             {"bbox": [4, 4, 16, 12], "bbox_mode": 0, "category_id": 2, "segmentation": rect(4, 4, 16, 12)},
-            {
-                "bbox": [24, 16, 40, 28],
-                "bbox_mode": 0,
-                "category_id": 0,
-                "iscrowd": 1,
-                "segmentation": rect(24, 16, 40, 28),
-            },
+            {"bbox": [24, 16, 32, 24], "bbox_mode": 0, "category_id": 1, "segmentation": rect(24, 16, 32, 24)},
+            {"bbox": [24, 16, 40, 28], "bbox_mode": 0, "category_id": 0, "iscrowd": 1, "segmentation": crowd_seg},
         ],
     }
-    mapper = CASNetInstanceMapper(
-        is_train=True, augmentations=[T.RandomFlip(prob=1.0)], image_format="BGR", use_instance_mask=True
-    )
-    out = mapper(d)
+
+    def mapped(augs):
+        mapper = CASNetInstanceMapper(is_train=True, augmentations=augs, image_format="BGR", use_instance_mask=True)
+        return mapper(dict(d))
+
+    out = mapped([T.RandomFlip(prob=1.0)])
     crowd = out["crowd_mask"]
     assert crowd.shape == (32, 48) and int(crowd.sum()) == 12 * 16 and bool(crowd[16:28, 8:24].all())
     inst = out["instances"]
-    assert inst.gt_boxes.tensor.tolist() == [[32.0, 4.0, 44.0, 12.0]] and inst.gt_classes.tolist() == [2]
+    assert inst.gt_boxes.tensor.tolist() == [[32.0, 4.0, 44.0, 12.0], [16.0, 16.0, 24.0, 24.0]]
+    assert inst.gt_classes.tolist() == [2, 1]
     model = seeded_model(SYN)
     labels = model.targets(inst, (32, 48), (32, 48), None, crowd)[0]
     want = torch.full((8, 12), 5)
     want[1:3, 8:11] = 2
     want[4:7, 2:6] = 255
+    want[4:6, 4:6] = 1
     assert torch.equal(labels, want)
-    assert (model.targets(inst, (32, 48), (32, 48))[0][4:7, 2:6] == 5).all()
+    without = model.targets(inst, (32, 48), (32, 48))[0]
+    assert (without[4:7, 2:4] == 5).all() and (without[6, 2:6] == 5).all()
+    losses = []
+    with EventStorage(0):
+        for extra in ({}, {"crowd_mask": crowd}):
+            losses.append(model([{"image": out["image"], "instances": inst, **extra}])["loss_sem"])
+    assert not torch.allclose(losses[0], losses[1])
+    big = mapped([T.Resize((64, 96)), T.RandomFlip(prob=1.0)])["crowd_mask"]
+    assert int(big.sum()) == 4 * 12 * 16 and bool(big[32:56, 16:48].all())
 
 
 def test_trains_with_images_without_instances_and_predicts_non_overlapping_instances():
