@@ -86,6 +86,27 @@ def _external_model(cfg_file: str, weights: str, device: str):
     return model, cfg.INPUT.FORMAT
 
 
+def freeze_unreached(backbone: nn.Module, in_features: List[str]) -> List[str]:
+    """Freeze the backbone parameters that cannot reach the features CASNet reads (timm's HRNet builds its last
+    stage's fusions for every branch, detectron2's FPN an output conv for P5 when only P2-P4 are fused): DDP
+    (``--num-gpus N``) needs every trainable parameter to receive a gradient. Found by one backward pass of a 128 x 128
+    zero image in eval mode (normalisation statistics untouched). Returns the frozen parameters' names."""
+    was_training = backbone.training
+    backbone.eval()
+    named = [(n, p) for n, p in backbone.named_parameters() if p.requires_grad]
+    x = torch.zeros(1, 3, 128, 128, device=next(backbone.parameters()).device)
+    with torch.enable_grad():
+        features = backbone(x)
+        total = sum(features[f].sum() for f in in_features)
+        grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True)
+    backbone.train(was_training)
+    frozen = [n for (n, p), g in zip(named, grads) if g is None]
+    for (_, p), g in zip(named, grads):
+        if g is None:
+            p.requires_grad_(False)
+    return frozen
+
+
 @META_ARCH_REGISTRY.register()
 class CASNet(nn.Module):
     @configurable
@@ -187,6 +208,7 @@ class CASNet(nn.Module):
             raise ValueError(f"MODEL.CASNET.IN_FEATURES {missing} are not backbone outputs ({sorted(shapes)})")
         if backbone.size_divisibility % c.OUTPUT_STRIDE:
             raise ValueError(f"MODEL.CASNET.OUTPUT_STRIDE {c.OUTPUT_STRIDE} must divide the backbone's 32")
+        freeze_unreached(backbone, c.IN_FEATURES)
         K = c.NUM_THING_CLASSES
         if K < 1:
             raise ValueError(f"MODEL.CASNET.NUM_THING_CLASSES must be >= 1, got {K}")

@@ -1,6 +1,8 @@
 """CASNet's detectron2 model (``casnet.modeling``, instance mode): Eq. 4's weights, the targets of a padded batch,
 training with images without instances, non-overlapping instances, detectron2's tools."""
 
+import re
+
 import pytest
 import torch
 
@@ -258,6 +260,50 @@ def test_train_net_trains_evaluates_and_default_predictor(tmp_path, datasets_dir
     image = synthetic_batch(1, empty=())[0]["image"].permute(1, 2, 0).numpy()
     inst = DefaultPredictor(cfg)(np.ascontiguousarray(image))["instances"]
     assert inst.pred_masks.shape[1:] == (96, 96)
+
+
+@pytest.mark.parametrize(
+    "config, opts",
+    [
+        ("configs/CASNet/casnet_hrnet_w18_small_synthetic.yaml", []),
+        (SYN, []),
+        ("configs/CASNet/casnet_R_18_FPN_synthetic.yaml", []),
+        ("configs/CASNet/casnet_hrnet_w48_cityscapes.yaml", ["MODEL.HRNET.PRETRAINED", "False"]),
+    ],
+)
+def test_every_trainable_parameter_gets_a_gradient(config, opts):
+    """DDP's condition for --num-gpus N: one training step reaches every trainable parameter. timm's HRNet builds its
+    last stage's fusions for the 1/16 and 1/32 outputs and detectron2's FPN an output conv for P5, none of which
+    CASNet reads (30 and 3 tensors): ``freeze_unreached`` freezes exactly those at build time."""
+    if "cityscapes" in config:
+        opts = opts + ["DATASETS.TRAIN", "('synthetic_panoptic_train',)", "MODEL.CASNET.NUM_THING_CLASSES", "5"]
+        opts += ["INPUT.CROP.ENABLED", "False"]
+    model = seeded_model(config, opts)
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    want = {"hrnet_w18_small": 30, "R_18_FPN": 3, "hrnet_w48": 30}
+    assert len(frozen) == next(v for k, v in want.items() if k in config)
+    # the last module of stage 4 (0 in w18_small, 2 in w48): its fusions into the outputs 2 and 3 (1/16, 1/32)
+    assert all(re.search(r"\.stage4\.[02]\.fuse_layers\.[23]\.", n) or ".fpn_output5." in n for n in frozen)
+    batch = synthetic_batch(2, empty=(1,))
+    for x in batch:  # panoptic mode's semantic targets (their values do not matter here)
+        x["sem_seg"] = torch.zeros(x["image"].shape[-2:], dtype=torch.int64)
+    with EventStorage(0):
+        sum(model(batch).values()).backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_trains_with_two_processes(tmp_path, datasets_dir):
+    """train_net.py --num-gpus 2 (DDP over gloo on the CPU) on the shipped synthetic panoptic config, 2 iterations."""
+    import subprocess
+    import sys
+
+    cfg = "configs/CASNet/casnet_hrnet_w18_small_synthetic.yaml"
+    opts = [*TINY, "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "TEST.EVAL_PERIOD", "0"]
+    cmd = [sys.executable, "train_net.py", "--config-file", cfg, "--num-gpus", "2", "--dist-url", "auto"]
+    cmd += [*opts, "OUTPUT_DIR", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "model_final.pth").is_file()
 
 
 def test_bad_settings_stop_at_build_time():
