@@ -346,3 +346,23 @@ def test_leaderboard_gallery_picks_huddled_ring_and_bar_images():
     many = {"image_id": 5, "annotations": [anno(4, [i * 10, 0, i * 10 + 5, 5]) for i in range(5)]}
     chosen = leaderboard.gallery_images([a, bars, many, rings, huddle], k=4)
     assert [d["image_id"] for d in chosen] == [2, 3, 4, 5]
+
+
+def test_leaderboard_reports_a_failed_training_by_its_exception(tmp_path):
+    """A failed entry's message is the training log's first exception line (the worker's), not the launcher's last."""
+    from tools import leaderboard
+
+    log = tmp_path / "leaderboard_train.log"
+    log.write_text(
+        "[11/30 09:58:19 d2.engine.train_loop]: Exception during training:\n"
+        "Traceback (most recent call last):\n"
+        '  File "train_loop.py", line 152, in train\n'
+        "RuntimeError: Expected to have finished reduction in the prior iteration\n"
+        "Parameter indices which did not receive grad for rank 0: 183 184\n"
+        "torch.multiprocessing.spawn.ProcessRaisedException:\n"
+        " In addition, you can set the environment variable TORCH_DISTRIBUTED_DEBUG\n"
+    )
+    assert leaderboard._error_line(str(log)).startswith("RuntimeError: Expected to have finished reduction")
+    log.write_text("no exception here\nthe end\n")
+    assert leaderboard._error_line(str(log)) == "the end"
+    assert leaderboard._error_line(str(tmp_path / "missing.log")) == ""

@@ -482,7 +482,7 @@ def main(argv=None):
                 rc = train(name, config, out, args.opts, args.num_gpus)
                 if rc != 0 or not os.path.isfile(weights):
                     raise RuntimeError(
-                        f"training exited with {rc}: {_last_line(os.path.join(out, 'leaderboard_train.log'))} "
+                        f"training exited with {rc}: {_error_line(os.path.join(out, 'leaderboard_train.log'))} "
                         f"(whole log: {os.path.join(out, 'leaderboard_train.log')})"
                     )
                 with open(stamp_path, "w") as f:
@@ -518,13 +518,16 @@ def main(argv=None):
     return rows
 
 
-def _last_line(path):
+def _error_line(path):
+    """The training log's first exception line (``SomeError: message``, the worker's own before the launcher's), or
+    its last line."""
     try:
         with open(path) as f:
             lines = [line.strip() for line in f if line.strip()]
-        return lines[-1] if lines else ""
     except OSError:
         return ""
+    errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b.*:", line)]
+    return errors[0] if errors else (lines[-1] if lines else "")
 
 
 if __name__ == "__main__":
