@@ -1,5 +1,6 @@
 """Every shipped config (not the Base-* files) builds and trains a step on small images, with class-agnostic and
-class-specific mask heads alike, and predicts standard Instances."""
+class-specific mask heads alike, and predicts standard Instances; the step reaches every trainable parameter, as DDP
+(``--num-gpus N``) requires."""
 
 import glob
 import os
@@ -99,3 +100,5 @@ def test_shipped_config_builds_trains_a_step_and_predicts(name, cls_agnostic):
     else:
         assert bool(mask_losses) == cfg.MODEL.MASK_ON
     sum(losses.values()).backward()
+    # DDP's condition for --num-gpus N: the step reaches every trainable parameter
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
