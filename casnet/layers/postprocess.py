@@ -3,8 +3,8 @@ one image's output stride to non-overlapping instances.
 
 1. semantic labels: argmax of the semantic head;
 2. seeds, class by class: the positions whose box (centre-)probability for class c exceeds ``seed_threshold`` (0.5,
-   the paper's example), each with the box its own attributes give, NMS among them (``nms_threshold``; the paper gives
-   none);
+   the paper's example), at most ``seed_topk`` of them (the most probable; ours, a bound on the cost), each with the box
+   its own attributes give, NMS among them (``nms_threshold``; the paper gives none);
 3. every pixel of a thing class votes, through ``iou_vote`` (our op), for the seed of its class whose box has the
    highest IoU with its own box, the geometric centre deciding near-ties; a pixel of a class without seeds, or whose
    best IoU is not above ``min_iou``, joins no instance;
@@ -43,6 +43,7 @@ def casnet_postprocess(
     thing_classes: Sequence[int],
     seed_threshold: float = 0.5,
     nms_threshold: float = 0.5,
+    seed_topk: int = 1000,
     min_iou: float = 0.0,
     tie_eps: float = 1e-3,
     score_mode: str = "seed_x_semantic",
@@ -69,6 +70,9 @@ def casnet_postprocess(
     centre = torch.sigmoid(centre_logits.float())
     seeds_k, seeds_y, seeds_x = (centre > seed_threshold).nonzero(as_tuple=True)
     seed_scores = centre[seeds_k, seeds_y, seeds_x]
+    if len(seed_scores) > seed_topk:  # the most probable seeds only
+        top = seed_scores.topk(seed_topk).indices
+        seeds_k, seeds_y, seeds_x, seed_scores = seeds_k[top], seeds_y[top], seeds_x[top], seed_scores[top]
     seed_boxes = boxes_map[seeds_y, seeds_x]
     keep = batched_nms(seed_boxes, seed_scores, seeds_k, nms_threshold)
     seed_boxes, seed_scores, seeds_k = seed_boxes[keep], seed_scores[keep], seeds_k[keep]

@@ -126,6 +126,7 @@ class CASNet(nn.Module):
         prob_balanced: bool = True,
         seed_threshold: float = 0.5,
         nms_threshold: float = 0.5,
+        seed_topk: int = 1000,
         min_iou: float = 0.0,
         tie_eps: float = 1e-3,
         score_mode: str = "seed_x_semantic",
@@ -160,6 +161,8 @@ class CASNet(nn.Module):
             raise ValueError(f"MODEL.CASNET.EXTERNAL_SEMANTIC_DIR {external_dir!r} is not a folder")
         if score_mode not in SCORE_MODES:
             raise ValueError(f"MODEL.CASNET.SCORE_MODE must be one of {SCORE_MODES}, got {score_mode!r}")
+        if seed_topk < 1:
+            raise ValueError(f"MODEL.CASNET.SEED_TOPK must be >= 1, got {seed_topk}")
         self.backbone, self.fusion = backbone, fusion
         self.sem_head, self.attr_head, self.prob_head = sem_head, attr_head, prob_head
         self.num_things = num_things
@@ -191,6 +194,7 @@ class CASNet(nn.Module):
         self.post = dict(
             seed_threshold=seed_threshold,
             nms_threshold=nms_threshold,
+            seed_topk=seed_topk,
             min_iou=min_iou,
             tie_eps=tie_eps,
             score_mode=score_mode,
@@ -252,6 +256,7 @@ class CASNet(nn.Module):
             "prob_balanced": c.PROB_BALANCED,
             "seed_threshold": c.SEED_THRESHOLD,
             "nms_threshold": c.SEED_NMS_THRESHOLD,
+            "seed_topk": c.SEED_TOPK,
             "min_iou": c.IOU_VOTE_MIN_IOU,
             "tie_eps": c.IOU_VOTE_TIE_EPS,
             "score_mode": c.SCORE_MODE,

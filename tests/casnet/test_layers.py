@@ -127,6 +127,17 @@ def test_sec3c_a_seed_without_support_is_dropped_and_classes_do_not_mix():
     assert (out["instance_ids"][1:6, 1:6] == 0).all()
 
 
+def test_sec3c_at_most_seed_topk_seeds_the_most_probable():
+    """Three separate class-1 objects with seeds of probability 0.9, 0.7 and 0.8: with SEED_TOPK 2 the 0.7 seed is
+    not considered, so its object's pixels (whose boxes meet no other seed's) join no instance; with 3 all are kept."""
+    objects = [(1, (0, 0, 3, 3), (1, 1), 0.9), (1, (5, 0, 8, 3), (1, 6), 0.7), (1, (0, 5, 3, 8), (6, 1), 0.8)]
+    sem, dist, centre = _maps(8, 8, objects)
+    out = casnet_postprocess(sem, dist, centre, thing_classes=[1, 2], seed_topk=2)
+    assert [round(v, 3) for v in out["boxes"][:, 0].tolist()] == [0.0, 0.0] and len(out["scores"]) == 2
+    assert (out["instance_ids"][0:3, 5:8] == -1).all() and (out["instance_ids"][5:8, 0:3] >= 0).all()
+    assert len(casnet_postprocess(sem, dist, centre, thing_classes=[1, 2], seed_topk=3)["scores"]) == 3
+
+
 def test_sec3c_near_tie_is_decided_by_the_centre():
     """The pixels of one class-1 region all describe the box P = (0, 0, 4, 4). Seed A's box (0, 0, 4, 4.4) has the
     best IoU with P (0.909) but its centre is 0.2 off; seed B's box (0.1, 0.1, 3.9, 3.9) is 0.0065 behind (0.9025) with

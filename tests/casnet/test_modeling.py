@@ -311,3 +311,5 @@ def test_bad_settings_stop_at_build_time():
         seeded_model(SYN, ["MODEL.CASNET.IN_FEATURES", "['s16']"])
     with pytest.raises(ValueError, match="SCORE_MODE must be one of"):
         seeded_model(SYN, ["MODEL.CASNET.SCORE_MODE", "mean"])
+    with pytest.raises(ValueError, match="SEED_TOPK must be >= 1"):
+        seeded_model(SYN, ["MODEL.CASNET.SEED_TOPK", "0"])
