@@ -43,7 +43,7 @@ def casnet_postprocess(
     thing_classes: Sequence[int],
     seed_threshold: float = 0.5,
     nms_threshold: float = 0.5,
-    seed_topk: int = 1000,
+    seed_topk: int = 5000,
     min_iou: float = 0.0,
     tie_eps: float = 1e-3,
     score_mode: str = "seed_x_semantic",
