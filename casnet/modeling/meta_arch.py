@@ -100,10 +100,11 @@ def freeze_unreached(backbone: nn.Module, in_features: List[str]) -> List[str]:
         total = sum(features[f].sum() for f in in_features)
         grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True)
     backbone.train(was_training)
-    frozen = [n for (n, p), g in zip(named, grads) if g is None]
-    for (_, p), g in zip(named, grads):
+    frozen = []
+    for (name, p), g in zip(named, grads):
         if g is None:
             p.requires_grad_(False)
+            frozen.append(name)
     return frozen
 
 
@@ -349,7 +350,7 @@ class CASNet(nn.Module):
         padded = images.tensor.shape[-2:]
         sems = sems or [None] * len(gts)
         crowds = crowds or [None] * len(gts)
-        t = [self.targets(*a) for a in zip(gts, [padded] * len(gts), images.image_sizes, sems, crowds)]
+        t = [self.targets(gt, padded, size, m, c) for gt, size, m, c in zip(gts, images.image_sizes, sems, crowds)]
         labels, dist, valid, centres, inside = (torch.stack(x) for x in zip(*t))
         alpha, beta, gamma = self.loss_weights
         loss_sem = F.cross_entropy(sem, labels, ignore_index=IGNORE)  # Eq. 1
