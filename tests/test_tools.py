@@ -61,6 +61,30 @@ def test_benchmark_inference_loads_given_weights(tmp_path):
         torch.testing.assert_close(a, b, msg=n)
 
 
+def test_benchmark_inference_times_a_given_image_resized_in_bgr(tmp_path, capsys):
+    """``--image``: the file's pixels in its own (BGR) channel order, resized to H x W (not W x H); a missing file is
+    one clear error; the JSON names the image."""
+    import cv2
+    import numpy as np
+
+    from tools import benchmark_inference
+
+    bgr = np.zeros((32, 48, 3), dtype=np.uint8)
+    bgr[:, :24] = (200, 10, 30)
+    bgr[:, 24:] = (0, 100, 250)
+    path = str(tmp_path / "two_halves.png")
+    cv2.imwrite(path, bgr)
+    image = benchmark_inference.load_image(path, 64, 96)
+    assert image.shape == (3, 64, 96) and str(image.dtype) == "torch.uint8"
+    assert image[:, :, :44].reshape(3, -1).unique(dim=1).flatten().tolist() == [200, 10, 30]
+    assert image[:, :, 52:].reshape(3, -1).unique(dim=1).flatten().tolist() == [0, 100, 250]
+    with pytest.raises(FileNotFoundError, match="--image"):
+        benchmark_inference.load_image(str(tmp_path / "missing.png"), 64, 96)
+    base = os.path.join(ROOT, "configs", "Baselines", "mask_rcnn_R_18_FPN_synthetic.yaml")
+    benchmark_inference.main(["--model", "a", base, "--image", path, *SMALL_RUN])
+    assert json.loads(capsys.readouterr().out)["image"] == path
+
+
 def test_huddled_eval_tool(tmp_path, capsys):
     from tests.instseg.test_huddled import _segm_dataset, as_results
     from tools import huddled_eval
@@ -258,8 +282,13 @@ def test_leaderboard_end_to_end_on_two_entries_and_reuse(tmp_path, datasets_dir,
 
     saved = json.loads((out / "leaderboard.json").read_text(), parse_constant=strict)
     assert [r["name"] for r in saved["rows"]] == ["mask_rcnn", "casnet"] and saved["meta"]["reference"] == "mask_rcnn"
+    from detectron2.data import DatasetCatalog
+
+    most_huddled = leaderboard.gallery_images(DatasetCatalog.get(leaderboard.INSTANCES_VAL), k=1)[0]["file_name"]
+    assert saved["meta"]["timed_image"] == os.path.basename(most_huddled)  # timed on it, not on noise
     md = (out / "leaderboard.md").read_text()
     assert md.count("\n| mask_rcnn |") == 1 and "| casnet |" in md and "ratios to mask_rcnn" in md
+    assert f"validation image {saved['meta']['timed_image']} resized" in md
     png = cv2.imread(str(out / "gallery.png"))
     tile = 96 + leaderboard.LABEL_HEIGHT
     assert png.shape[:2] == (4 * tile, 3 * 96)  # 4 images x (ground truth + 2 methods)

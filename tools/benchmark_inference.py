@@ -10,7 +10,9 @@
     python tools/benchmark_inference.py --model a configs/A.yaml --model b configs/B.yaml KEY VALUE
 
 Models are built from their configs (random weights: nothing is downloaded, unless a model's overrides
-give MODEL.WEIGHTS) and run on the same random image. So that every model runs its per-detection heads on
+give MODEL.WEIGHTS) and run on the same image: random noise, or ``--image`` (a file, read as BGR, every config's input
+format here, and resized to ``--size``; what a trained model should be timed on: on noise, a model without a fixed
+number of detections times whatever noise makes it fire). So that every model runs its per-detection heads on
 the same number of RoIs, the box head keeps exactly ``--detections`` detections per image (score threshold
 0). The models are timed in turns (a, b, c, a, b, c, ...) and each one's median is reported; ratios are
 against the first model. A preset may fix its image size (``casnet``: Cityscapes' 1024 x 2048). Also reported: the
@@ -126,6 +128,7 @@ def parse_args(argv=None):
         help="load a checkpoint into the model NAME (repeatable), e.g. a preset's row",
     )
     p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="default 800 1333")
+    p.add_argument("--image", default=None, help="time on this image file, resized to --size (default: random noise)")
     p.add_argument("--detections", type=int, default=100, help="detections per image kept by every model")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
@@ -352,6 +355,21 @@ def calibrate_frozen_bn(model, inputs):
         h.remove()
 
 
+def load_image(path, h, w):
+    """The timed image, CHW uint8: ``path`` (BGR) resized to h x w, or seeded noise where no path is given."""
+    import torch
+
+    if path is None:
+        return torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    import cv2
+
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"--image {path!r}: not a readable image file")
+    bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_LINEAR)
+    return torch.from_numpy(bgr.transpose(2, 0, 1).copy())
+
+
 def main(argv=None):
     args = parse_args(argv)
     import torch
@@ -359,7 +377,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     h, w = args.size
-    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    image = load_image(args.image, h, w)
     inputs = [{"image": image, "height": h, "width": w}]
     models = [build(m, args.detections) for m in args.models]
     for _, model, _ in models:
@@ -396,6 +414,7 @@ def main(argv=None):
         "size": [h, w],
         "threads": torch.get_num_threads(),
         "repeats": args.repeats,
+        "image": args.image or "noise",
         "machine": platform.processor() or platform.machine(),
         "models": {
             name: {

@@ -12,9 +12,9 @@ Per entry: train (``train_net.py`` in a subprocess, a progress line per logged i
 ``synthetic_instances_val`` (box and mask AP, AP50, AP75, APs, per-class mask AP of the thin ``bar`` and the holed
 ``ring``, and DSG's huddled-instance mask AP: the images where some instance has a box IoU > T_O = 0.3 with another
 (T_P = 0), AP as the mean over those instances, Appendix 6.1) and, for panoptic models, PQ on their panoptic split.
-Inference time at 256 x 256 and at 800 x 1333 (trained weights, one thread, every model in turns in one run:
-``tools/benchmark_inference.py``) as ratios to Mask R-CNN, the parameters that run at inference, the training time
-from the log. An entry that fails is reported as failed; the others still are.
+Inference time at 256 x 256 and at 800 x 1333 (trained weights, the most huddled validation image resized, one
+thread, every model in turns in one run: ``tools/benchmark_inference.py``) as ratios to Mask R-CNN, the parameters
+that run at inference, the training time from the log. An entry that fails is reported as failed; the others still are.
 
 Writes ``leaderboard.json``, ``leaderboard.md``, ``leaderboard.png`` (mask AP against the 800 x 1333 time ratio) and
 ``gallery.png`` (4 validation images chosen for huddled instances, a ring and bars; ground truth and one column per
@@ -248,19 +248,20 @@ def evaluate(name, cfg, kind, weights, out):
     return res
 
 
-def _bench(specs, size, repeats):
+def _bench(specs, size, repeats, image):
     from tools import benchmark_inference
 
     argv = [x for m in specs for x in ["--model", *m]]
     argv += ["--size", str(size[0]), str(size[1]), "--repeats", str(repeats), "--threads", "1", "--json"]
+    argv += ["--image", image]
     with contextlib.redirect_stdout(io.StringIO()):
         return benchmark_inference.main(argv)["models"]
 
 
-def timings(rows, sizes, repeats):
-    """Inference time of the trained models at each size, in turns in one run, as ratios to the reference (Mask
-    R-CNN when it trained, else the first model: returned). A model that fails to run is timed alone against the
-    reference instead, or left out, so that the others keep their columns."""
+def timings(rows, sizes, repeats, image):
+    """Inference time of the trained models on ``image`` resized to each size, in turns in one run, as ratios to the
+    reference (Mask R-CNN when it trained, else the first model: returned). A model that fails to run is timed alone
+    against the reference instead, or left out, so that the others keep their columns."""
     specs = [
         [r["name"], os.path.join(ROOT, r["config"]), *r["opts"], "MODEL.WEIGHTS", r["weights"]]
         for r in rows
@@ -273,13 +274,13 @@ def timings(rows, sizes, repeats):
     for size in sizes:
         key = f"time_{size[0]}x{size[1]}"
         try:
-            ms = _bench(specs, size, repeats)
+            ms = _bench(specs, size, repeats, image)
         except Exception as e:
             log(f"timing {size} together FAILED ({type(e).__name__}: {e}); each model against {ref} instead")
             ms = {}
             for m in specs[1:]:
                 try:
-                    ms.update(_bench([specs[0], m], size, repeats))
+                    ms.update(_bench([specs[0], m], size, repeats, image))
                 except Exception as e:
                     log(f"{m[0]}: timing FAILED: {type(e).__name__}: {e}")
         for r in rows:
@@ -314,7 +315,8 @@ def markdown(rows, sizes, meta):
     head = ["method"] + [c[1] for c in COLUMNS] + [f"time {h}×{w}" for h, w in sizes]
     head += ["params (M)", "train (min)", "iterations"]
     lines = [
-        f"Commit {meta['commit'][:10]}, {meta['machine']}; times are ratios to {meta['reference']} (one thread).",
+        f"Commit {meta['commit'][:10]}, {meta['machine']}; times are ratios to {meta['reference']} (one thread, "
+        f"validation image {meta.get('timed_image', '?')} resized to each size).",
         "",
     ]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -496,10 +498,16 @@ def main(argv=None):
             row["error"] = f"{type(e).__name__}: {e}"
             row.pop("weights", None)
             log(f"{name}: FAILED: {row['error']}")
-    log("timing the trained models")
-    reference = timings(rows, args.sizes, args.repeats)
+    # timed on a real validation image (the most huddled one), resized: on noise, CASNet (no fixed number of
+    # detections) would time whatever the noise makes it fire
+    from detectron2.data import DatasetCatalog
+
+    timed_image = gallery_images(DatasetCatalog.get(INSTANCES_VAL), k=1)[0]["file_name"]
+    log(f"timing the trained models on {os.path.basename(timed_image)}")
+    reference = timings(rows, args.sizes, args.repeats, timed_image)
     meta = {"commit": commit(), "machine": platform.processor() or platform.machine(), "sizes": args.sizes}
     meta["reference"] = reference
+    meta["timed_image"] = os.path.basename(timed_image)
     drawings = {
         "leaderboard.png": lambda p: scatter(rows, args.sizes, p, reference),
         "gallery.png": lambda p: gallery(rows, cfgs, p),
