@@ -258,6 +258,7 @@ def test_leaderboard_end_to_end_on_two_entries_and_reuse(tmp_path, datasets_dir,
     import re
 
     import cv2
+    from detectron2.data import DatasetCatalog
 
     from tests.utils import TINY
     from tools import leaderboard
@@ -273,7 +274,15 @@ def test_leaderboard_end_to_end_on_two_entries_and_reuse(tmp_path, datasets_dir,
     for r in rows:  # 2 iterations: the numbers are there (None where detectron2 says NaN), their values mean nothing
         for key in ("box_AP", "mask_AP", "AP50", "huddled_mask_AP", "mask_AP_bar", "mask_AP_ring"):
             assert key in r and (r[key] is None or math.isfinite(r[key])), (r["name"], key)
-        assert r["params_M"] > 0 and r["iterations"] == 2 and r["huddled_images"] > 0
+        assert r["params_M"] > 0 and r["iterations"] == 2 and r["train_seconds"] is not None
+        assert isinstance(r["detections_64x64"], int)  # timed as evaluated: each config's own detections
+    from detectron2.data.datasets.coco import convert_to_coco_dict
+
+    from instseg.evaluation.huddled import _image_overlaps, _select
+
+    huddled = _select(_image_overlaps(convert_to_coco_dict(leaderboard.INSTANCES_VAL)), 0.3, 0.0)
+    assert 0 < len(huddled) < len(DatasetCatalog.get(leaderboard.INSTANCES_VAL))  # a subset, not every image
+    assert all(r["huddled_images"] == len(huddled) for r in rows)
     assert by["mask_rcnn"]["time_64x64"] == 1.0 and math.isfinite(by["casnet"]["time_64x64"])
     assert math.isfinite(by["casnet"]["PQ"]) and "PQ" not in by["mask_rcnn"]
 
@@ -282,13 +291,13 @@ def test_leaderboard_end_to_end_on_two_entries_and_reuse(tmp_path, datasets_dir,
 
     saved = json.loads((out / "leaderboard.json").read_text(), parse_constant=strict)
     assert [r["name"] for r in saved["rows"]] == ["mask_rcnn", "casnet"] and saved["meta"]["reference"] == "mask_rcnn"
-    from detectron2.data import DatasetCatalog
-
     most_huddled = leaderboard.gallery_images(DatasetCatalog.get(leaderboard.INSTANCES_VAL), k=1)[0]["file_name"]
     assert saved["meta"]["timed_image"] == os.path.basename(most_huddled)  # timed on it, not on noise
     md = (out / "leaderboard.md").read_text()
     assert md.count("\n| mask_rcnn |") == 1 and "| casnet |" in md and "ratios to mask_rcnn" in md
     assert f"validation image {saved['meta']['timed_image']} resized" in md
+    assert f"on the {len(huddled)} validation images" in md and "(2 iterations" in md
+    assert _table_shapes(md) == 1
     png = cv2.imread(str(out / "gallery.png"))
     tile = 96 + leaderboard.LABEL_HEIGHT
     assert png.shape[:2] == (4 * tile, 3 * 96)  # 4 images x (ground truth + 2 methods)
@@ -307,7 +316,13 @@ def test_leaderboard_end_to_end_on_two_entries_and_reuse(tmp_path, datasets_dir,
     by = {r["name"]: r for r in rows}
     assert "mask_rcnn: training" in log and "box_AP" in by["mask_rcnn"] and "time_64x64" in by["mask_rcnn"]
     assert "MASK_ASSEMBLY must be one of" in by["rdsnet"]["error"] and "leaderboard_train.log" in by["rdsnet"]["error"]
-    assert "| rdsnet | failed: RuntimeError: training exited with 1" in (out / "leaderboard.md").read_text()
+    md = (out / "leaderboard.md").read_text()
+    assert "| rdsnet | failed: RuntimeError: training exited with 1" in md and _table_shapes(md) == 1
+
+
+def _table_shapes(md):
+    """How many different cell counts the markdown table's rows have (1: every row, failed ones too, lines up)."""
+    return len({line.count("|") for line in md.splitlines() if line.startswith("|")})
 
 
 def test_leaderboard_stamp_follows_the_code_the_entry_runs_not_the_commit(tmp_path, monkeypatch):

@@ -9,15 +9,16 @@
     python tools/benchmark_inference.py --preset casnet --memory     # CASNet panoptic / instance / Panoptic FPN
     python tools/benchmark_inference.py --model a configs/A.yaml --model b configs/B.yaml KEY VALUE
 
-Models are built from their configs (random weights: nothing is downloaded, unless a model's overrides
-give MODEL.WEIGHTS) and run on the same image: random noise, or ``--image`` (a file, read as BGR, every config's input
+Models are built from their configs (random weights: nothing is downloaded, unless a model's overrides give
+MODEL.WEIGHTS) and run on the same image: random noise, or ``--image`` (a file, read as BGR, every config's input
 format here, and resized to ``--size``; what a trained model should be timed on: on noise, a model without a fixed
-number of detections times whatever noise makes it fire). So that every model runs its per-detection heads on
-the same number of RoIs, the box head keeps exactly ``--detections`` detections per image (score threshold
-0). The models are timed in turns (a, b, c, a, b, c, ...) and each one's median is reported; ratios are
-against the first model. A preset may fix its image size (``casnet``: Cityscapes' 1024 x 2048). Also reported: the
-parameters of the modules that run at inference (``params_run``: a training-only branch does not count), and the GMAC
-of the mask head per RoI (fvcore's count, one MAC per multiply-add) where the mask head is a
+number of detections times whatever noise makes it fire). So that every model runs its per-detection heads on the same
+number of RoIs, the box head keeps exactly ``--detections`` detections per image (score threshold 0), unless ``--as-
+configured`` (each model at its config's test settings, as it is evaluated: what a leaderboard times; the JSON gives
+each model's ``detections``). The models are timed in turns (a, b, c, a, b, c, ...) and each one's median is reported;
+ratios are against the first model. A preset may fix its image size (``casnet``: Cityscapes' 1024 x 2048). Also
+reported: the parameters of the modules that run at inference (``params_run``: a training-only branch does not count),
+and the GMAC of the mask head per RoI (fvcore's count, one MAC per multiply-add) where the mask head is a
 ``MaskRCNNConvUpsampleHead``.
 
 CASNet (no detector to keep a fixed number of detections): with random weights its BatchNorms are set to normalise
@@ -32,7 +33,6 @@ outputs alone.
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dsg.config import TABLE1_ROWS, table1_opts  # noqa: E402
 from maskplus.config import table_opts  # noqa: E402
 from rdsnet.config import table_opts as rdsnet_table_opts  # noqa: E402
+from tools.bench.common import machine_name  # noqa: E402
 
 MP = "configs/MaskPoint/mask_point_rcnn_R_50_FPN_1x.yaml"
 SYN_DSG = "configs/DSG/dsg_R_18_FPN_synthetic.yaml"
@@ -130,6 +131,12 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"), help="default 800 1333")
     p.add_argument("--image", default=None, help="time on this image file, resized to --size (default: random noise)")
     p.add_argument("--detections", type=int, default=100, help="detections per image kept by every model")
+    p.add_argument(
+        "--as-configured",
+        action="store_true",
+        help="keep each config's test score threshold and detections per image (--detections then only calibrates "
+        "an untrained CASNet)",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -154,6 +161,8 @@ def parse_args(argv=None):
 
 
 def build(spec, detections):
+    """The model of ``spec``, keeping exactly ``detections`` per image, or its config's own test settings where
+    ``detections`` is None."""
     import torch
     from detectron2.modeling import build_model
 
@@ -162,21 +171,10 @@ def build(spec, detections):
     name, config, *opts = spec
     cfg = get_cfg()
     cfg.merge_from_file(config)
-    cfg.merge_from_list(
-        list(opts)
-        + [
-            "MODEL.WEIGHTS",
-            "",
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
-            "0.0",
-            "MODEL.RETINANET.SCORE_THRESH_TEST",
-            "0.0",
-            "TEST.DETECTIONS_PER_IMAGE",
-            str(detections),
-        ]
-    )
+    fixed = [] if detections is None else ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+    if detections is not None:
+        fixed += ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", str(detections)]
+    cfg.merge_from_list(list(opts) + ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *fixed])
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     # random weights unless the opts name a checkpoint (e.g. a trained synthetic model)
@@ -379,7 +377,7 @@ def main(argv=None):
     h, w = args.size
     image = load_image(args.image, h, w)
     inputs = [{"image": image, "height": h, "width": w}]
-    models = [build(m, args.detections) for m in args.models]
+    models = [build(m, None if args.as_configured else args.detections) for m in args.models]
     for _, model, _ in models:
         if not model.trained:
             calibrate_frozen_bn(model, inputs)
@@ -415,7 +413,8 @@ def main(argv=None):
         "threads": torch.get_num_threads(),
         "repeats": args.repeats,
         "image": args.image or "noise",
-        "machine": platform.processor() or platform.machine(),
+        "detections_fixed": None if args.as_configured else args.detections,
+        "machine": machine_name(),
         "models": {
             name: {
                 "seconds": med[name],

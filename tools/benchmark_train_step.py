@@ -15,12 +15,13 @@ the mapper's cost per image (the work moved into the workers, which overlap the 
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tools.bench.common import machine_name  # noqa: E402
 
 CONFIG = "configs/MaskPoint/mask_point_rcnn_R_18_FPN_synthetic.yaml"
 
@@ -181,7 +182,7 @@ def main(argv=None):
         "batch": args.batch,
         "num_points": mp.NUM_POINTS,
         "repeats": len(times["after"]),
-        "platform": platform.processor() or platform.machine(),
+        "platform": machine_name(),
         "step_before_s": before,
         "step_after_s": after,
         "ratio_after_before": after / before,

@@ -1,5 +1,7 @@
 """Timing shared by the op benchmarks."""
 
+import os
+import platform
 import statistics
 import time
 from typing import Callable, Dict, Optional, Sequence
@@ -88,3 +90,15 @@ def forward_and_backward(fn, args, grad_args, grad_inputs, grad):
         return torch.autograd.grad(fn(*grad_args), grad_inputs, grad)
 
     return forward, forward_backward
+
+
+def machine_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; else what ``platform`` says) and its logical core count, e.g.
+    "AMD EPYC 7B13, 2 cores": what a timing's ratios were measured on."""
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
