@@ -398,7 +398,7 @@ def test_leaderboard_reports_a_failed_training_by_its_exception(tmp_path):
 
     log = tmp_path / "leaderboard_train.log"
     log.write_text(
-        "[11/30 09:58:19 d2.engine.train_loop]: Exception during training:\n"
+        "[11/30 09:58:19] d2.engine.train_loop INFO: Exception during training:\n"
         "Traceback (most recent call last):\n"
         '  File "train_loop.py", line 152, in train\n'
         "RuntimeError: Expected to have finished reduction in the prior iteration\n"
@@ -410,3 +410,72 @@ def test_leaderboard_reports_a_failed_training_by_its_exception(tmp_path):
     log.write_text("no exception here\nthe end\n")
     assert leaderboard._error_line(str(log)) == "the end"
     assert leaderboard._error_line(str(tmp_path / "missing.log")) == ""
+
+
+def test_leaderboard_cut_run_time_from_its_log_stamps(tmp_path):
+    """A run that ended counts detectron2's "Total training time"; a cut one, from its "Starting training" line to its
+    last time-stamped line (the lines before it, e.g. the dataset's preparation, do not count), across midnight and a
+    year's end too."""
+    from tools import leaderboard
+
+    ended = tmp_path / "ended.txt"
+    ended.write_text(
+        "[03/02 10:00:00] d2.engine.train_loop INFO: Starting training from iteration 0\n"
+        "[03/02 11:20:00] d2.engine.hooks INFO: Total training time: 1:02:03 (0:00:01 on hooks)\n"
+    )
+    assert leaderboard._log_seconds(str(ended)) == 3723
+    cut = tmp_path / "cut.txt"
+    cut.write_text(
+        "[12/31 23:40:00] detectron2 INFO: Environment info:\n"
+        "  a line without a time\n"
+        "[12/31 23:58:30] d2.engine.train_loop INFO: Starting training from iteration 900\n"
+        "[12/31 23:59:40] d2.utils.events INFO:  eta: 0:05:00  iter: 919  total_loss: 1.0\n"
+        "[01/01 00:01:15] d2.utils.events INFO:  eta: 0:03:00  iter: 939  total_loss: 0.9\n"
+    )
+    assert leaderboard._log_seconds(str(cut)) == 165
+    never = tmp_path / "never.txt"
+    never.write_text("[03/02 10:00:00] detectron2 INFO: Environment info:\n")
+    assert leaderboard._log_seconds(str(never)) == 0
+
+
+def test_leaderboard_resumes_a_cut_training_and_counts_every_segment(tmp_path, datasets_dir, capsys):
+    """An entry whose training was cut (a pending stamp of the same config and code, a last checkpoint, no
+    model_final) goes on from its last checkpoint instead of starting over; its training time adds the cut run's; a
+    pending stamp of other code starts over."""
+    import datetime
+    import re
+
+    from tests.utils import TINY
+    from tools import leaderboard
+
+    out = tmp_path / "lb"
+    run = out / "mask_rcnn"
+    argv = ["--entries", "mask_rcnn", "--output", str(out), "--num-gpus", "1", "--sizes", "64x64", "--repeats", "1"]
+    argv += [*TINY, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.PRECISE_BN.ENABLED", "False"]
+    leaderboard.main(argv)
+    capsys.readouterr()
+    # cut it after its first checkpoint (iteration 2): what a session's end leaves
+    (run / leaderboard.STAMP).rename(run / leaderboard.PENDING)
+    for name in ("model_final.pth", "model_0000003.pth"):
+        (run / name).unlink(missing_ok=True)
+    (run / "last_checkpoint").write_text("model_0000001.pth")
+    text = (run / "log.txt").read_text()
+    start = re.search(r"^\[(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d)\] .*Starting training", text, re.M)
+    later = datetime.datetime(2000, *map(int, start.groups())) + datetime.timedelta(seconds=100)
+    cut_log = text[: text.index("Total training time")].rsplit("\n", 1)[0] + "\n"
+    cut_log += later.strftime("[%m/%d %H:%M:%S] d2.utils.events INFO:  eta: 0:00:01  iter: 1  total_loss: 1.0\n")
+    (run / "log.txt").write_text(cut_log)  # the cut run logged its last line 100 s after it started training
+    rows = leaderboard.main(argv)
+    log = capsys.readouterr().out
+    assert "mask_rcnn: resuming" in log and "model_0000001.pth" in log and "mask_rcnn: training configs" not in log
+    assert "Starting training from iteration 2" in (run / "log.txt").read_text()
+    assert (run / "log.segment0.txt").read_text() == cut_log
+    h, m, s = re.findall(r"Total training time: (\d+):(\d+):(\d+)", (run / "log.txt").read_text())[-1]
+    assert rows[0]["train_seconds"] == int(h) * 3600 + int(m) * 60 + int(s) + 100
+    assert (run / leaderboard.STAMP).is_file() and not (run / leaderboard.PENDING).exists()
+    # a pending stamp of other code is no cut run of this one: start over, the old segments dropped
+    (run / leaderboard.STAMP).rename(run / leaderboard.PENDING)
+    (run / leaderboard.PENDING).write_text('{"code_sha": "other"}')
+    (run / "model_final.pth").unlink()
+    leaderboard.main(argv)
+    assert "mask_rcnn: training configs" in capsys.readouterr().out and not (run / "log.segment0.txt").exists()

@@ -6,7 +6,8 @@
     python tools/leaderboard.py --entries mask_rcnn,dsg --retrain
     make leaderboard
 
-Per entry: train (``train_net.py`` in a subprocess, a progress line per logged iteration) unless
+Per entry: train (``train_net.py`` in a subprocess, a progress line per logged iteration; a training of the same
+stamp that was cut, e.g. by a session's end, resumes from its last checkpoint) unless
 ``<output>/<entry>/model_final.pth`` exists with a stamp of the same config (after overrides) and code
 (``SHARED_CODE`` and its method's package; ``--retrain`` forces); then, in this process, evaluate on
 ``synthetic_instances_val`` (box and mask AP, AP50, AP75, APs, per-class mask AP of the thin ``bar`` and the holed
@@ -53,6 +54,7 @@ ENTRIES = [
     ("casnet", "configs/CASNet/casnet_hrnet_w18_small_synthetic.yaml", "panoptic"),
 ]
 BASELINE = "mask_rcnn"
+STAMP, PENDING = "leaderboard_stamp.json", "leaderboard_pending.json"  # what trained model_final.pth; what is training
 INSTANCES_VAL = "synthetic_instances_val"
 HUDDLED_T_O, HUDDLED_T_P = 0.3, 0.0
 CLASSES_SHOWN = ("bar", "ring")
@@ -160,14 +162,22 @@ def stamp_of(cfg, config):
 ITER_RE = re.compile(r"(?:eta: (.+?)\s+)?iter: (\d+)")
 
 
-def train(name, config, out, opts, num_gpus):
-    """``train_net.py`` in a subprocess; a progress line per new iteration the log reports. Returns its exit code."""
+def train(name, config, out, opts, num_gpus, resume=False):
+    """``train_net.py`` in a subprocess (``--resume``: from ``out``'s last checkpoint); a progress line per new
+    iteration the log reports. Returns its exit code."""
     cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", os.path.join(ROOT, config)]
-    cmd += ["--num-gpus", str(num_gpus), "--dist-url", "auto", "OUTPUT_DIR", out, *opts]
-    cmd += ["DATASETS.TEST", "()"]  # evaluated afterwards, alike for every entry
+    cmd += ["--num-gpus", str(num_gpus), "--dist-url", "auto", *(["--resume"] if resume else [])]
+    cmd += ["OUTPUT_DIR", out, *opts, "DATASETS.TEST", "()"]  # evaluated afterwards, alike for every entry
     os.makedirs(out, exist_ok=True)
-    if os.path.isfile(os.path.join(out, "log.txt")):  # detectron2 appends: keep the old run's log apart
-        os.replace(os.path.join(out, "log.txt"), os.path.join(out, "log.previous.txt"))
+    log_txt = os.path.join(out, "log.txt")
+    if resume:  # the cut runs' logs are kept, one per segment: their time counts (training_seconds)
+        if os.path.isfile(log_txt):
+            os.replace(log_txt, os.path.join(out, f"log.segment{len(_segment_logs(out))}.txt"))
+    else:
+        for old in _segment_logs(out):
+            os.remove(old)
+        if os.path.isfile(log_txt):  # detectron2 appends: keep the old run's log apart
+            os.replace(log_txt, os.path.join(out, "log.previous.txt"))
     with open(os.path.join(out, "leaderboard_train.log"), "w") as sink:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
         seen = None
@@ -191,13 +201,41 @@ def _report_progress(name, out, seen):
     return seen
 
 
-def training_seconds(out):
-    path = os.path.join(out, "log.txt")
-    if not os.path.isfile(path):
-        return None
+def _segment_logs(out):
+    """The logs of the runs of this training that were cut and resumed, in order."""
+    names = [n for n in os.listdir(out) if re.fullmatch(r"log\.segment\d+\.txt", n)] if os.path.isdir(out) else []
+    return [os.path.join(out, n) for n in sorted(names, key=lambda n: int(re.findall(r"\d+", n)[0]))]
+
+
+LOG_TIME_RE = re.compile(r"^\[(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d)\] ", re.M)  # detectron2's log.txt lines
+
+
+def _log_seconds(path):
+    """One run's training time: detectron2's "Total training time" where the run ended, else (a cut run) from its
+    "Starting training" line to its last time-stamped line (up to one logging period short)."""
     with open(path) as f:
-        m = re.findall(r"Total training time: (\d+):(\d+):(\d+)", f.read())
-    return None if not m else int(m[-1][0]) * 3600 + int(m[-1][1]) * 60 + int(m[-1][2])
+        text = f.read()
+    total = re.findall(r"Total training time: (\d+):(\d+):(\d+)", text)
+    if total:
+        return int(total[-1][0]) * 3600 + int(total[-1][1]) * 60 + int(total[-1][2])
+    start = text.find("Starting training from iteration")
+    if start < 0:
+        return 0
+    import datetime
+
+    stamps = LOG_TIME_RE.findall(text[text.rfind("\n[", 0, start) + 1 :])
+    if len(stamps) < 2:
+        return 0
+    first, last = (datetime.datetime(2000, *map(int, t)) for t in (stamps[0], stamps[-1]))
+    return max(0, int((last - first).total_seconds()) % (366 * 86400))
+
+
+def training_seconds(out):
+    """The training's time: its last run's and, where it was cut and resumed, the cut runs'."""
+    path = os.path.join(out, "log.txt")
+    if not os.path.isfile(path) or "Total training time" not in open(path).read():
+        return None
+    return _log_seconds(path) + sum(_log_seconds(p) for p in _segment_logs(out))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -489,17 +527,25 @@ def main(argv=None):
             cfgs[name] = cfg
             row["iterations"] = cfg.SOLVER.MAX_ITER
             stamp = stamp_of(cfg, config)
-            stamp_path = os.path.join(out, "leaderboard_stamp.json")
+            stamp_path, pending_path = (os.path.join(out, f) for f in (STAMP, PENDING))
             weights = os.path.join(out, "model_final.pth")
-            old = json.load(open(stamp_path)) if os.path.isfile(stamp_path) else None
+            old, pending = (json.load(open(p)) if os.path.isfile(p) else None for p in (stamp_path, pending_path))
             if os.path.isfile(weights) and old == stamp and not args.retrain:
                 log(f"{name}: reusing {weights} (same config and code)")
             else:
-                for stale in (stamp_path, weights):  # no old stamp may end up next to new weights
-                    if os.path.isfile(stale):
-                        os.remove(stale)
-                log(f"{name}: training {config} ({cfg.SOLVER.MAX_ITER} iterations)")
-                rc = train(name, config, out, args.opts, args.num_gpus)
+                # a training of this very stamp that was cut (e.g. the session ended) goes on from its last checkpoint
+                resume = pending == stamp and os.path.isfile(os.path.join(out, "last_checkpoint")) and not args.retrain
+                if resume:
+                    log(f"{name}: resuming {config} from {open(os.path.join(out, 'last_checkpoint')).read().strip()}")
+                else:
+                    for stale in (stamp_path, weights):  # no old stamp may end up next to new weights
+                        if os.path.isfile(stale):
+                            os.remove(stale)
+                    os.makedirs(out, exist_ok=True)
+                    with open(pending_path, "w") as f:
+                        json.dump(stamp, f)
+                    log(f"{name}: training {config} ({cfg.SOLVER.MAX_ITER} iterations)")
+                rc = train(name, config, out, args.opts, args.num_gpus, resume=resume)
                 if rc != 0 or not os.path.isfile(weights):
                     raise RuntimeError(
                         f"training exited with {rc}: {_error_line(os.path.join(out, 'leaderboard_train.log'))} "
@@ -507,6 +553,7 @@ def main(argv=None):
                     )
                 with open(stamp_path, "w") as f:
                     json.dump(stamp, f)
+                os.remove(pending_path)
             row["weights"] = weights
             row["train_seconds"] = training_seconds(out)
             log(f"{name}: evaluating")
