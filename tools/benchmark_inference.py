@@ -171,9 +171,10 @@ def build(spec, detections):
     name, config, *opts = spec
     cfg = get_cfg()
     cfg.merge_from_file(config)
-    fixed = [] if detections is None else ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
-    if detections is not None:
-        fixed += ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", str(detections)]
+    fixed = []
+    if detections is not None:  # exactly this many per image: no score cut
+        fixed = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"]
+        fixed += ["TEST.DETECTIONS_PER_IMAGE", str(detections)]
     cfg.merge_from_list(list(opts) + ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *fixed])
     torch.manual_seed(0)
     model = build_model(cfg).eval()

@@ -210,32 +210,38 @@ def _segment_logs(out):
 LOG_TIME_RE = re.compile(r"^\[(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d)\] ", re.M)  # detectron2's log.txt lines
 
 
+def _total_training_time(text):
+    """detectron2's "Total training time" of a run that ended, in seconds, else None."""
+    total = re.findall(r"Total training time: (\d+):(\d+):(\d+)", text)
+    return None if not total else int(total[-1][0]) * 3600 + int(total[-1][1]) * 60 + int(total[-1][2])
+
+
 def _log_seconds(path):
     """One run's training time: detectron2's "Total training time" where the run ended, else (a cut run) from its
     "Starting training" line to its last time-stamped line (up to one logging period short)."""
     with open(path) as f:
         text = f.read()
-    total = re.findall(r"Total training time: (\d+):(\d+):(\d+)", text)
-    if total:
-        return int(total[-1][0]) * 3600 + int(total[-1][1]) * 60 + int(total[-1][2])
+    total = _total_training_time(text)
+    if total is not None:
+        return total
     start = text.find("Starting training from iteration")
-    if start < 0:
+    stamps = LOG_TIME_RE.findall(text[text.rfind("\n[", 0, start) + 1 :]) if start >= 0 else []
+    if len(stamps) < 2:
         return 0
     import datetime
 
-    stamps = LOG_TIME_RE.findall(text[text.rfind("\n[", 0, start) + 1 :])
-    if len(stamps) < 2:
-        return 0
-    first, last = (datetime.datetime(2000, *map(int, t)) for t in (stamps[0], stamps[-1]))
-    return max(0, int((last - first).total_seconds()) % (366 * 86400))
+    first, last = (datetime.datetime(2000, *map(int, t)) for t in (stamps[0], stamps[-1]))  # a leap year: 02/29 too
+    return int((last - first).total_seconds()) % (366 * 86400)  # across a year's end
 
 
 def training_seconds(out):
-    """The training's time: its last run's and, where it was cut and resumed, the cut runs'."""
+    """The training's time: its last run's (None unless it ended) and, where it was cut and resumed, the cut runs'."""
     path = os.path.join(out, "log.txt")
-    if not os.path.isfile(path) or "Total training time" not in open(path).read():
+    if not os.path.isfile(path):
         return None
-    return _log_seconds(path) + sum(_log_seconds(p) for p in _segment_logs(out))
+    with open(path) as f:
+        last = _total_training_time(f.read())
+    return None if last is None else last + sum(_log_seconds(p) for p in _segment_logs(out))
 
 
 # --------------------------------------------------------------------------------------------------------------------
