@@ -397,19 +397,65 @@ def scatter(rows, sizes, path, reference):
     h, w = sizes[-1]
     key = f"time_{h}x{w}"
     pts = [r for r in rows if _is_number(r.get("mask_AP")) and _is_number(r.get(key))]
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for r in pts:
-        ax.scatter(r[key], r["mask_AP"], s=30)
-        ax.annotate(r["name"], (r[key], r["mask_AP"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=PLOT_DPI)  # names are placed at the dpi they are saved with
+    colours = plt.get_cmap("tab20").colors  # 20 distinct: the default cycle's 10 repeat on this board
+    for k, r in enumerate(pts):
+        ax.scatter(r[key], r["mask_AP"], s=30, color=colours[k % len(colours)])
     ax.set_xlabel(f"inference time at {h}×{w}, ratio to {reference}")
     ax.set_ylabel("mask AP (synthetic_instances_val)")
     boxes_only = [r["name"] for r in rows if r.get("kind") == "box"]
     if boxes_only:
         ax.set_title(f"not drawn (no masks): {', '.join(boxes_only)}", fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.tight_layout()  # before the names: it moves the axes, which the names' placement measures
+    _place_labels(fig, ax, [(r["name"], r[key], r["mask_AP"]) for r in pts])
+    fig.savefig(path, dpi=PLOT_DPI)
     plt.close(fig)
+
+
+# where a point's name goes, in points from it (the first free one): beside it, then further off with a leader line
+LABEL_OFFSETS = tuple((dx, dy, "left" if dx > 0 else "right") for dy in (4, -11) for dx in (4, -4)) + tuple(
+    (dx, dy, "left" if dx > 0 else "right") for dy in (16, -23, 28, -35) for dx in (8, -8)
+)
+PLOT_DPI = 120
+MARKER_RADIUS_PT = 3  # ax.scatter's s=30 (points²) is a disc of radius ~3 pt
+
+
+def _place_labels(fig, ax, points):
+    """Each point's name beside it, at the first of LABEL_OFFSETS where it stays inside the axes and covers no
+    other point's marker and no name placed before (the first one if none is free); returns the texts."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    fig.canvas.draw()  # final axis limits, so the labels' extents are where they will be drawn
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    r = MARKER_RADIUS_PT * fig.dpi / 72
+    markers = [ax.transData.transform((x, y)) for _, x, y in points]
+    markers = [Bbox.from_extents(u - r, v - r, u + r, v + r) for u, v in markers]
+    placed = []
+    for i, (name, x, y) in enumerate(points):
+        for dx, dy, ha in LABEL_OFFSETS:
+            text = _annotate(ax, name, (x, y), dx, dy, ha)
+            text.update_positions(renderer)
+            box = Text.get_window_extent(text, renderer)  # the name alone, not its leader line
+            others = [m for j, m in enumerate(markers) if j != i]
+            others += [Text.get_window_extent(t, renderer) for t in placed]
+            inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+            if inside and not any(box.overlaps(other) for other in others):
+                break
+            text.remove()
+        else:
+            dx, dy, ha = LABEL_OFFSETS[0]
+            text = _annotate(ax, name, (x, y), dx, dy, ha)
+        placed.append(text)
+    return placed
+
+
+def _annotate(ax, name, xy, dx, dy, ha):
+    far = abs(dy) > 12  # off its point's row: a thin line says whose name it is
+    line = {"arrowstyle": "-", "lw": 0.5, "color": "0.5", "shrinkA": 0, "shrinkB": 3} if far else None
+    return ax.annotate(name, xy, textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=8, arrowprops=line)
 
 
 def gallery_images(dicts, k=GALLERY_IMAGES):
