@@ -1,4 +1,4 @@
-"""tools/leaderboard.py's scatter plot: names placed so that they can be read (no detectron2 needed)."""
+"""tools/leaderboard.py's outputs that need no detectron2: the scatter plot's names, the markdown's footnote."""
 
 import itertools
 
@@ -63,3 +63,21 @@ def _check_placement(fig, ax, points, texts):
     assert alone.get_position() == (4, 4) and alone.arrow_patch is None
     rdsnet = texts[-2]  # at the right edge: its name goes to the left of it
     assert rdsnet.get_ha() == "right"
+
+
+def test_leaderboard_markdown_footnote_names_the_budgets_and_any_overrides():
+    from tools import leaderboard
+
+    meta = {"commit": "0123456789abcdef", "machine": "cpu", "reference": "mask_rcnn", "timed_image": "x.png"}
+    rows = [
+        {"name": "mask_rcnn", "iterations": 1500, "huddled_images": 43},
+        {"name": "cascade_mask_rcnn", "iterations": 2250, "huddled_images": 43},
+    ]
+    md = leaderboard.markdown(rows, [(256, 256)], dict(meta, opts=[]))
+    assert "its synthetic config's recipe (1500 or 2250 iterations: the cascades 1.5×" in md
+    assert "on the 43 validation images" in md
+    # an override run (e.g. Mask R-CNN at the cascades' schedule) says so, and does not explain budgets it overrode
+    opts = ["SOLVER.MAX_ITER", "2250", "SOLVER.STEPS", "(1800,2100)"]
+    md = leaderboard.markdown([dict(rows[0], iterations=2250)], [(256, 256)], dict(meta, opts=opts))
+    assert "recipe with `SOLVER.MAX_ITER 2250 SOLVER.STEPS (1800,2100)` (2250 iterations)." in md
+    assert "cascades" not in md
