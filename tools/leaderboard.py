@@ -24,6 +24,7 @@ method, detectron2's ``Visualizer``).
 
 import argparse
 import contextlib
+import datetime
 import hashlib
 import io
 import json
@@ -228,19 +229,13 @@ def _log_seconds(path):
     stamps = LOG_TIME_RE.findall(text[text.rfind("\n[", 0, start) + 1 :]) if start >= 0 else []
     if len(stamps) < 2:
         return 0
-    import datetime
-
     first, last = (datetime.datetime(2000, *map(int, t)) for t in (stamps[0], stamps[-1]))  # a leap year: 02/29 too
     return int((last - first).total_seconds()) % (366 * 86400)  # across a year's end
 
 
 def training_seconds(out):
     """The training's time: its last run's (None unless it ended) and, where it was cut and resumed, the cut runs'."""
-    path = os.path.join(out, "log.txt")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        last = _total_training_time(f.read())
+    last = _read(os.path.join(out, "log.txt"), lambda f: _total_training_time(f.read()))
     return None if last is None else last + sum(_log_seconds(p) for p in _segment_logs(out))
 
 
@@ -438,12 +433,11 @@ def _place_labels(fig, ax, points):
     markers = [Bbox.from_extents(u - r, v - r, u + r, v + r) for u, v in markers]
     placed = []
     for i, (name, x, y) in enumerate(points):
+        others = [m for j, m in enumerate(markers) if j != i] + [Text.get_window_extent(t, renderer) for t in placed]
         for dx, dy, ha in LABEL_OFFSETS:
             text = _annotate(ax, name, (x, y), dx, dy, ha)
             text.update_positions(renderer)
             box = Text.get_window_extent(text, renderer)  # the name alone, not its leader line
-            others = [m for j, m in enumerate(markers) if j != i]
-            others += [Text.get_window_extent(t, renderer) for t in placed]
             inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
             if inside and not any(box.overlaps(other) for other in others):
                 break
@@ -584,14 +578,15 @@ def main(argv=None):
             stamp = stamp_of(cfg, config)
             stamp_path, pending_path = (os.path.join(out, f) for f in (STAMP, PENDING))
             weights = os.path.join(out, "model_final.pth")
-            old, pending = (json.load(open(p)) if os.path.isfile(p) else None for p in (stamp_path, pending_path))
+            old, pending = (_read(p, json.load) for p in (stamp_path, pending_path))
             if os.path.isfile(weights) and old == stamp and not args.retrain:
                 log(f"{name}: reusing {weights} (same config and code)")
             else:
                 # a training of this very stamp that was cut (e.g. the session ended) goes on from its last checkpoint
                 resume = pending == stamp and os.path.isfile(os.path.join(out, "last_checkpoint")) and not args.retrain
                 if resume:
-                    log(f"{name}: resuming {config} from {open(os.path.join(out, 'last_checkpoint')).read().strip()}")
+                    last = _read(os.path.join(out, "last_checkpoint"), lambda f: f.read().strip())
+                    log(f"{name}: resuming {config} from {last}")
                 else:
                     for stale in (stamp_path, weights):  # no old stamp may end up next to new weights
                         if os.path.isfile(stale):
@@ -647,6 +642,14 @@ def main(argv=None):
         f.write(markdown(rows, args.sizes, meta))
     log(f"wrote {args.output}/leaderboard.{{json,md,png}} and gallery.png")
     return rows
+
+
+def _read(path, how):
+    """``how(file)`` of the file at ``path``, None if there is none."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return how(f)
 
 
 def _error_line(path):
